@@ -1,0 +1,1 @@
+"""Data loaders: eQTL genotypes and expression, images, clinical trials."""
