@@ -1,0 +1,56 @@
+"""Atomic single-file checkpoints: the train state and a JSON record (privacy ledger, config).
+
+One file, written to a temporary name and renamed over the old one, so a run killed at any
+moment leaves either the previous checkpoint or the new one, never half of each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+FILENAME = "checkpoint.msgpack"
+
+
+def path(workdir: str) -> str:
+  return os.path.join(workdir, FILENAME)
+
+
+def save(workdir: str, state: Any, meta: dict) -> str:
+  """Writes `state` (any pytree) and `meta` (JSON-serialisable) atomically; returns the path."""
+  os.makedirs(workdir, exist_ok=True)
+  host_state = jax.tree.map(np.asarray, serialization.to_state_dict(state))
+  payload = serialization.msgpack_serialize({"state": host_state, "meta": json.dumps(meta)})
+  final = path(workdir)
+  tmp = final + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(payload)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, final)
+  return final
+
+
+def restore(workdir: str, template: Any) -> tuple[Any, dict] | None:
+  """(state, meta) from `workdir`'s checkpoint, shaped like `template`; None when there is none."""
+  file = pathlib.Path(path(workdir))
+  if not file.exists():
+    return None
+  try:
+    payload = serialization.msgpack_restore(file.read_bytes())
+    state = serialization.from_state_dict(template, payload["state"])
+    meta = json.loads(payload["meta"])
+    expected = jax.tree.map(np.shape, template)
+    found = jax.tree.map(np.shape, state)
+    if expected != found:
+      raise ValueError("parameter shapes differ from the model being trained")
+  except Exception as e:  # a truncated or foreign file must not be trained on
+    raise ValueError(f"checkpoint {file} is unreadable or does not match this model ({e}); "
+                     "move it away to start afresh.") from e
+  return state, meta

@@ -1,0 +1,48 @@
+"""Noise for the clipped sum: Gaussian (with l2 clipping) or Laplace (with l1 clipping).
+
+The noise is added ONCE to the sum of clipped per-example gradients, with a standard deviation
+(Gaussian) or scale (Laplace) of `noise_multiplier * sensitivity`, and the noisy sum is then
+divided by the *expected* batch size. Dividing by the realised batch size would leak it.
+
+Randomness comes from JAX's threefry counter-based generator keyed per step
+(`jax.random.fold_in(key, step)`): reproducible and statistically sound, but not a
+cryptographically secure source; see BUILD_NOTES.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+MECHANISMS = ("gaussian", "laplace")
+
+
+def mechanism_for_norm(norm: str) -> str:
+  return {"l2": "gaussian", "l1": "laplace"}[norm]
+
+
+def tree_noise(key: jax.Array, tree: PyTree, mechanism: str) -> PyTree:
+  """Unit-scale noise shaped like `tree`: N(0, 1) or Laplace(0, 1) per coordinate."""
+  if mechanism not in MECHANISMS:
+    raise ValueError(f"mechanism={mechanism!r}: expected one of {MECHANISMS}.")
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  sample = jax.random.normal if mechanism == "gaussian" else jax.random.laplace
+  noise = [sample(k, leaf.shape, jnp.float32).astype(leaf.dtype) for k, leaf in zip(keys, leaves)]
+  return jax.tree.unflatten(treedef, noise)
+
+
+def privatize_sum(key: jax.Array, clipped_sum: PyTree, *, noise_multiplier: float,
+                  sensitivity: float, expected_batch_size: float, mechanism: str) -> PyTree:
+  """(clipped_sum + noise_multiplier * sensitivity * unit_noise) / expected_batch_size."""
+  scale = noise_multiplier * sensitivity
+  if noise_multiplier == 0:
+    noisy = clipped_sum
+  else:
+    noise = tree_noise(key, clipped_sum, mechanism)
+    noisy = jax.tree.map(lambda s, z: s + scale * z, clipped_sum, noise)
+  return jax.tree.map(lambda s: s / expected_batch_size, noisy)
