@@ -212,8 +212,18 @@ def _gunzip_into(path: pathlib.Path, directory: str, ext: str) -> pathlib.Path:
   return target
 
 
+def _count_lines(path: pathlib.Path) -> int:
+  """Non-empty lines of a text file (.fam, .bim)."""
+  with open(path) as f:
+    return sum(1 for line in f if line.strip())
+
+
 def _snp_count_from_bed_size(bed_path: pathlib.Path, num_samples: int, label: str) -> int:
-  """SNP count of a SNP-major .bed: (size - 3) / ceil(n / 4), checked to be whole."""
+  """SNP count of a SNP-major .bed: (size - 3) / ceil(n / 4), checked to be whole.
+
+  A .fam off by a few samples within the same ceil(n / 4) goes unnoticed here; with a
+  .bim the SNP count is cross-checked as well.
+  """
   with open(bed_path, "rb") as f:
     magic = f.read(3)
   if magic != _BED_MAGIC:
@@ -240,7 +250,8 @@ def _window_indices(
 ) -> np.ndarray:
   """Indices of SNPs within centre +- half_width on a chromosome, nearest num_snps kept."""
   chromosome, centre, half_width = window
-  on_chromosome = np.array([_chromosome_name(c) for c in chromosomes]) == _chromosome_name(chromosome)
+  names = np.array([_chromosome_name(c) for c in chromosomes])
+  on_chromosome = names == _chromosome_name(chromosome)
   distance = np.abs(positions.astype(np.int64) - int(centre))
   inside = np.flatnonzero(on_chromosome & (distance <= half_width))
   if num_snps is not None and inside.size > num_snps:
@@ -296,9 +307,14 @@ def load_plink(
   with tempfile.TemporaryDirectory(prefix="dpjax_plink_") as tmp:
     local = {ext: None if path is None else _gunzip_into(path, tmp, ext)
              for ext, path in files.items()}
-    with open(local["fam"]) as f:
-      num_samples = sum(1 for line in f if line.strip())
+    num_samples = _count_lines(local["fam"])
     num_file_snps = _snp_count_from_bed_size(local["bed"], num_samples, label)
+    num_bim_snps = None if local["bim"] is None else _count_lines(local["bim"])
+    if num_bim_snps not in (None, num_file_snps):
+      raise ValueError(
+          f"{files['bim']} lists {num_bim_snps} SNPs but {label} holds "
+          f"{num_file_snps} for the {num_samples} samples of {files['fam']}: the files do "
+          "not belong together.")
     bim_location = local["bim"] or pathlib.Path(tmp) / "absent.bim"
     with open_bed(local["bed"], iid_count=num_samples, sid_count=num_file_snps,
                   fam_location=local["fam"], bim_location=bim_location) as bed:
@@ -342,15 +358,19 @@ def load_plink(
 
 def _read_expression_table(path: str | os.PathLike) -> pd.DataFrame:
   """A BED-like genes x samples table: chr, start, end, gene id, then one column per sample."""
-  table = pd.read_csv(path, sep="\t")
-  if table.shape[1] < 5:
+  opener = gzip.open if str(path).endswith(".gz") else open
+  with opener(path, "rt") as f:
+    # Read the header by hand: pandas would silently rename a repeated sample id.
+    header = f.readline().rstrip("\n").split("\t")
+  if len(header) < 5:
     raise ValueError(
-        f"{path}: expected columns chr, start, end, gene_id, then sample ids; "
-        f"found {list(table.columns)}.")
-  sample_ids = table.columns[4:]
+        f"{path}: expected tab-separated columns chr, start, end, gene_id, then sample ids; "
+        f"found {header[:6]}.")
+  sample_ids = pd.Index(header[4:])
   duplicated = sample_ids[sample_ids.duplicated()]
   if len(duplicated):
     raise ValueError(f"{path}: duplicated sample ids {list(duplicated[:_IDS_SHOWN])}.")
+  table = pd.read_csv(path, sep="\t")
   return table.set_index(table.columns[3])
 
 
@@ -551,6 +571,51 @@ def _choose_samples(rng: np.random.Generator, available: int, n: int | None, lab
   return np.sort(rng.choice(available, size=n, replace=False))
 
 
+@dataclasses.dataclass(frozen=True)
+class _RealSamples:
+  genotypes: np.ndarray
+  expression: np.ndarray | None  # None: expression is to be simulated
+  sample_ids: np.ndarray
+  snp_ids: np.ndarray
+  what: str
+
+
+def _real_samples(
+    source: Source, rng: np.random.Generator, *, n, p, snp_start, gene_id, plink_prefix,
+    expression_path, missing, data_dir) -> _RealSamples:
+  """PLINK genotypes of p SNPs, joined to a gene's expression for "plink_expression"."""
+  default = HAPMAP_PREFIX if source == "plink_simulated" else ONEK1K_PREFIX
+  plink = load_plink(_resolve(plink_prefix, default, data_dir, f"source={source}"),
+                     snp_start=snp_start, num_snps=p, missing=missing)
+  snps = f"{plink.source} SNPs {snp_start}..{snp_start + p - 1}"
+  rows, expression = np.arange(plink.genotypes.shape[0]), None
+  if source == "plink_expression":
+    if gene_id is None:
+      raise ValueError("source='plink_expression' needs gene_id, e.g. 'ENSG00000100031'.")
+    expression_file = _resolve(expression_path, ONEK1K_EXPRESSION, data_dir, "expression")
+    gene = load_expression_bed(expression_file, gene_id)
+    rows, expression_rows = match_samples(
+        plink.sample_ids, gene.index, plink.source, str(expression_file))
+    expression = gene.to_numpy()[expression_rows]
+    what = f"{snps}, expression of {gene_id} from {expression_file}"
+  else:
+    what = f"{snps}, simulated expression"
+  chosen = _choose_samples(rng, rows.size, n, plink.source)
+  return _RealSamples(
+      genotypes=plink.genotypes[rows[chosen]],
+      expression=None if expression is None else expression[chosen],
+      sample_ids=plink.sample_ids[rows[chosen]], snp_ids=plink.snp_ids, what=what)
+
+
+def _standardize_expression(expression: np.ndarray, train: np.ndarray, gene_id: str):
+  """(y - mean) / sd with the training split's statistics (non-private pre-processing)."""
+  mean, std = expression[train].mean(), expression[train].std()
+  if std == 0:
+    raise ValueError(f"gene {gene_id} has constant expression over the training samples; "
+                     "pick an expressed gene.")
+  return (expression - mean) / std
+
+
 def make_eqtl_data(
     source: Source,
     *,
@@ -588,47 +653,27 @@ def make_eqtl_data(
   """
   genotype_rng, expression_rng, sample_rng, split_rng = (
       np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
-  public_freq, metadata = None, {"source": source, "seed": seed, "standardization": standardization}
+  metadata = {"source": source, "seed": seed, "standardization": standardization}
   if source == "simulated":
     n = 1000 if n is None else n
     genotypes, public_freq = simulate_genotypes(genotype_rng, n, p, maf_range)
-    what = (f"simulated genotypes, MAF ~ U{tuple(maf_range)}, expression with h2={h2} and "
-            f"{num_causal} causal SNPs")
+    expression, what = None, f"simulated genotypes, MAF ~ U{tuple(maf_range)}"
   elif source in ("plink_simulated", "plink_expression"):
-    default = HAPMAP_PREFIX if source == "plink_simulated" else ONEK1K_PREFIX
-    prefix = _resolve(plink_prefix, default, data_dir, f"source={source}")
-    plink = load_plink(prefix, snp_start=snp_start, num_snps=p, missing=missing)
-    metadata["snp_ids"] = plink.snp_ids
-    rows = np.arange(plink.genotypes.shape[0])
-    if source == "plink_expression":
-      if gene_id is None:
-        raise ValueError("source='plink_expression' needs gene_id, e.g. 'ENSG00000100031'.")
-      expression_file = _resolve(expression_path, ONEK1K_EXPRESSION, data_dir, "expression")
-      expression = load_expression_bed(expression_file, gene_id)
-      rows, expression_rows = match_samples(
-          plink.sample_ids, expression.index, plink.source, str(expression_file))
-      y_all = expression.to_numpy()[expression_rows]
-      what = f"{plink.source} SNPs {snp_start}..{snp_start + p - 1}, expression of {gene_id} from {expression_file}"
-    else:
-      what = f"{plink.source} SNPs {snp_start}..{snp_start + p - 1}, simulated expression with h2={h2} and {num_causal} causal SNPs"
-    chosen = _choose_samples(sample_rng, rows.size, n, plink.source)
-    genotypes = plink.genotypes[rows[chosen]]
-    if source == "plink_expression":
-      y_all = y_all[chosen]
-    metadata["sample_ids"] = plink.sample_ids[rows[chosen]]
+    real = _real_samples(
+        source, sample_rng, n=n, p=p, snp_start=snp_start, gene_id=gene_id,
+        plink_prefix=plink_prefix, expression_path=expression_path, missing=missing,
+        data_dir=data_dir)
+    genotypes, expression, what, public_freq = real.genotypes, real.expression, real.what, None
+    metadata.update(sample_ids=real.sample_ids, snp_ids=real.snp_ids)
   else:
     raise ValueError(f"source={source!r} must be 'simulated', 'plink_simulated' or "
                      "'plink_expression'.")
 
   num_samples = genotypes.shape[0]
   train, test = split_samples(split_rng, num_samples, test_fraction)
-  if source == "plink_expression":
-    mean, std = y_all[train].mean(), y_all[train].std()
-    if std == 0:
-      raise ValueError(f"gene {gene_id} has constant expression over the training samples; "
-                       "pick an expressed gene.")
-    y = (y_all - mean) / std
-    what += ", standardised with training mean/sd"
+  if expression is not None:
+    y = _standardize_expression(expression, train, gene_id)
+    what += ", standardised with the training mean and sd"
   else:
     # The truth is defined on the sample's own standardisation (public frequencies when
     # simulated); the model's features below may use other statistics, an affine change
@@ -636,11 +681,12 @@ def make_eqtl_data(
     generating_freq = public_freq if public_freq is not None else allele_frequencies(genotypes)
     y, beta = simulate_expression(
         expression_rng, standardize_genotypes(genotypes, generating_freq), h2, num_causal)
+    what += f", h2={h2}, {num_causal} causal SNPs"
     metadata.update(h2=h2, num_causal=num_causal, true_beta=beta)
   x = _features(genotypes, train, standardization, public_freq)
+  y = np.asarray(y, dtype=np.float32)
   metadata.update(n_train=train.size, n_test=test.size, p=x.shape[1])
   description = (f"{source}: {what}; N={num_samples} ({train.size} train / {test.size} test), "
                  f"P={x.shape[1]}, genotypes standardised by {standardization}, seed={seed}")
-  y = np.asarray(y, dtype=np.float32)
   return EqtlData(x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test],
                   description=description, metadata=metadata)
