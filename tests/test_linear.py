@@ -76,6 +76,18 @@ def test_ols_flags_collinear_snps_even_when_n_exceeds_p():
   np.testing.assert_allclose(fit.predict(duplicated), linear.ols_fit(x, y).predict(x), atol=1e-9)
 
 
+def test_ill_conditioned_design_is_still_solved_exactly():
+  # cond(X) ~ 2e7 squares to ~4e14 in the normal equations: the lstsq fallback is used.
+  # (scikit-learn treats this design as rank deficient, so the oracle here is a QR solve.)
+  x, y = _regression(11, n=50, p=4)
+  x[:, 1] = x[:, 0] + 1e-7 * np.random.default_rng(0).standard_normal(50)
+  fit = linear.ols_fit(x, y)
+  design = np.hstack([x, np.ones((50, 1))])
+  q, r = np.linalg.qr(design)
+  np.testing.assert_allclose(fit.predict(x), design @ np.linalg.solve(r, q.T @ y), atol=1e-6)
+  assert not fit.underdetermined
+
+
 def test_ols_names_bad_shapes_and_nans():
   x, y = _regression(4)
   with pytest.raises(ValueError, match="same n"):
