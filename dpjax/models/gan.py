@@ -159,8 +159,9 @@ def generator_loss(g_params, d_params, key: jax.Array, batch_size: int,
   """Mean non-saturating AC-GAN generator loss over `batch_size` fresh samples.
 
   The generator wants its samples called real and classified as the arm it was asked for. The
-  discriminator runs without dropout and its parameters are only read, so this step touches no
-  real data: under DP it is post-processing.
+  discriminator runs without dropout and its parameters are only read (no gradient reaches
+  them), so this step sees real data only through the private discriminator: under DP it is
+  post-processing.
   """
   fake, arm = sample(g_params, key, batch_size, arm_probs, generator)
   real_logit, arm_logit = discriminator_logits(jax.lax.stop_gradient(d_params), fake,
