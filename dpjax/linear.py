@@ -45,6 +45,7 @@ of two.
 import dataclasses
 import math
 from typing import Any, Literal
+import warnings
 
 from absl import logging
 import dp_accounting
@@ -251,6 +252,19 @@ class PrivateStatistics:
   ridge_lambda: float
 
 
+def _smallest_eigenvalue_of_gram(gram: np.ndarray, num_rows: int) -> float:
+  """lambda_min of X^T X, exactly (LAPACK), since the Weyl sensitivity bound is for it.
+
+  With fewer rows than columns X^T X is singular, so 0 without the O(d^3) solve. An
+  eigensolver can return -1e-13 for a PSD matrix; the true value is >= 0.
+  """
+  if num_rows < gram.shape[0]:
+    return 0.0
+  smallest = scipy.linalg.eigh(gram, eigvals_only=True, subset_by_index=[0, 0],
+                              check_finite=False)[0]
+  return max(float(smallest), 0.0)
+
+
 def private_sufficient_statistics(
     rng: np.random.Generator,
     x: np.ndarray,
@@ -262,8 +276,7 @@ def private_sufficient_statistics(
   """AdaSSP steps 1-5 on an already clipped design x (n, d) and targets y (n,)."""
   d = x.shape[1]
   xtx, xty = x.T @ x, x.T @ y
-  # eigvalsh of a PSD matrix can come out at -1e-13; the release needs the true >= 0.
-  lambda_min = max(float(np.linalg.eigvalsh(xtx)[0]), 0.0)
+  lambda_min = _smallest_eigenvalue_of_gram(xtx, num_rows=x.shape[0])
   # Shift by a high-probability bound of the noise so the released value rarely exceeds
   # the truth: an over-estimate would under-regularise an ill-conditioned system.
   lambda_noise = noise_stds["lambda_min"] * (rng.standard_normal() - math.sqrt(math.log(6 / delta)))
@@ -278,6 +291,20 @@ def private_sufficient_statistics(
       xty=xty + noise_stds["xty"] * xty_noise,
       lambda_min=lambda_min_private,
       ridge_lambda=ridge_lambda)
+
+
+def _solve_symmetric(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+  """Solves a symmetric system (LDL^T); lstsq when singular or ill-conditioned.
+
+  At epsilon = inf with P >= N the system is singular and lstsq's minimum-norm
+  solution is the OLS one; otherwise LDL^T is ~10x faster than lstsq's SVD at P = 6000.
+  """
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+    try:
+      return scipy.linalg.solve(matrix, rhs, assume_a="sym", check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgWarning):
+      return np.linalg.lstsq(matrix, rhs, rcond=None)[0]
 
 
 def as_numpy_rng(key_or_rng) -> np.random.Generator:
@@ -339,9 +366,7 @@ def adassp_fit(
   noise_stds = adassp_noise_stds(epsilon, delta, row_bound, y_bound, budget_split)
   stats = private_sufficient_statistics(rng, design, targets, noise_stds, delta, rho)
   d = design.shape[1]
-  # lstsq rather than solve: at epsilon = inf with P >= N the system is singular and
-  # the minimum-norm solution is the OLS one.
-  theta = np.linalg.lstsq(stats.xtx + stats.ridge_lambda * np.eye(d), stats.xty, rcond=None)[0]
+  theta = _solve_symmetric(stats.xtx + stats.ridge_lambda * np.eye(d), stats.xty)
   coef, intercept = (theta[:-1], float(theta[-1])) if fit_intercept else (theta, 0.0)
   return LinearFit(coef=coef, intercept=intercept, details={
       "method": "adassp", "epsilon": epsilon, "delta": delta, "x_bound": x_bound,

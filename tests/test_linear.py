@@ -215,6 +215,17 @@ def test_adassp_noise_matches_calibration_at_small_epsilon():
   np.testing.assert_array_equal(xtx_noise, np.swapaxes(xtx_noise, 1, 2))
 
 
+def test_lambda_min_is_the_exact_smallest_eigenvalue():
+  x, y = _regression(12, n=30, p=4)
+  zero_noise = {"lambda_min": 0.0, "xtx": 0.0, "xty": 0.0}
+  stats_full = linear.private_sufficient_statistics(np.random.default_rng(0), x, y,
+                                                    zero_noise, 1e-5)
+  assert stats_full.lambda_min == pytest.approx(np.linalg.eigvalsh(x.T @ x)[0], rel=1e-10)
+  wide = linear.private_sufficient_statistics(np.random.default_rng(0), x[:3], y[:3],
+                                              zero_noise, 1e-5)
+  assert wide.lambda_min == 0.0
+
+
 def test_adassp_is_reproducible_and_accepts_jax_keys():
   x, y = _regression(10)
   args = (x, y, 1.0, 1e-5, 3.0, 5.0)
