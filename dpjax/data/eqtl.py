@@ -12,6 +12,15 @@ Genotype standardisation (as in GCTA/LDSC): with f_j the frequency of the counte
 of SNP j, x_ij = (g_ij - 2 f_j) / sqrt(2 f_j (1 - f_j)). SNPs with f_j in {0, 1}
 (monomorphic) become all-zero columns, with a log line, so that P stays what was asked.
 
+Expression normalisation. The OneK1K `.tmm.bed.gz` (the default) is TMM-normalised by
+its publisher and used as stored; raw counts can be read as log(1 + CPM). Either way the
+regression target is then standardised with the training split's mean and sd.
+
+SNP positions. The OneK1K genotypes have no .bim, so their SNPs are known only by index
+(their order along chr22): no cis window can be formed and SNPs are chosen by index
+range, which may hold no eQTL of the gene. HapMap YRI has positions (window selection
+works) but no expression, hence the semi-synthetic source.
+
 Privacy of the pre-processing. The DP guarantee of a model trained on these features
 covers only what the training algorithm touches. Frequencies estimated from the training
 split ("train_freq") are a statistic of the private data that is NOT privatised: a
