@@ -171,25 +171,29 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Output directory; an existing checkpoint there is resumed.")
-flags.DEFINE_integer("num_steps", Config.num_steps, "Total DP-SGD steps.")
-flags.DEFINE_integer("checkpoint_every", Config.checkpoint_every, "Steps between checkpoints.")
-flags.DEFINE_float("noise_multiplier", Config.noise_multiplier, "Noise std / clip norm.")
-flags.DEFINE_float("clip_norm", Config.clip_norm, "Per-example l2 clip norm.")
-flags.DEFINE_integer("batch_size", Config.batch_size, "Expected Poisson batch size.")
-flags.DEFINE_float("learning_rate", Config.learning_rate, "SGD (momentum 0.9) learning rate.")
-flags.DEFINE_float("delta", Config.delta, "Target delta.")
-flags.DEFINE_string("accountant", Config.accountant, "rdp or pld.")
-flags.DEFINE_float("max_epsilon", None, "Stop before the step that would exceed this epsilon.")
-flags.DEFINE_bool("allow_privacy_change", False,
-                  "Resume with different privacy parameters; the ledger composes both phases.")
-flags.DEFINE_string("model", Config.model, f"One of {MODELS}.")
-flags.DEFINE_string("data", Config.data, "'digits' (embedded) or an .npz file with arrays x, y.")
-flags.DEFINE_string("data_dir", None, "Directory for a relative --data path.")
-flags.DEFINE_integer("seed", Config.seed, "Seed of sampling, noise and initialisation.")
-flags.DEFINE_bool("secure_noise", False,
-                  "Draw the noise key from the OS CSPRNG (not reproducible; see dpjax/audit.py).")
-flags.DEFINE_float("sleep_per_step", 0.0, "Seconds to sleep per step (for kill-and-resume tests).")
+
+
+def define_flags() -> None:
+  """Defined on demand, so tests can import several entry points into one process."""
+  flags.DEFINE_string("workdir", None, "Output directory; an existing checkpoint there is resumed.")
+  flags.DEFINE_integer("num_steps", Config.num_steps, "Total DP-SGD steps.")
+  flags.DEFINE_integer("checkpoint_every", Config.checkpoint_every, "Steps between checkpoints.")
+  flags.DEFINE_float("noise_multiplier", Config.noise_multiplier, "Noise std / clip norm.")
+  flags.DEFINE_float("clip_norm", Config.clip_norm, "Per-example l2 clip norm.")
+  flags.DEFINE_integer("batch_size", Config.batch_size, "Expected Poisson batch size.")
+  flags.DEFINE_float("learning_rate", Config.learning_rate, "SGD (momentum 0.9) learning rate.")
+  flags.DEFINE_float("delta", Config.delta, "Target delta.")
+  flags.DEFINE_string("accountant", Config.accountant, "rdp or pld.")
+  flags.DEFINE_float("max_epsilon", None, "Stop before the step that would exceed this epsilon.")
+  flags.DEFINE_bool("allow_privacy_change", False,
+                    "Resume with different privacy parameters; the ledger composes both phases.")
+  flags.DEFINE_string("model", Config.model, f"One of {MODELS}.")
+  flags.DEFINE_string("data", Config.data, "'digits' (embedded) or an .npz file with arrays x, y.")
+  flags.DEFINE_string("data_dir", None, "Directory for a relative --data path.")
+  flags.DEFINE_integer("seed", Config.seed, "Seed of sampling, noise and initialisation.")
+  flags.DEFINE_bool("secure_noise", False,
+                    "Draw the noise key from the OS CSPRNG (not reproducible; see dpjax/audit.py).")
+  flags.DEFINE_float("sleep_per_step", 0.0, "Seconds to sleep per step (for kill-and-resume tests).")
 
 
 def main(argv):
@@ -205,4 +209,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
