@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import pathlib
 from collections.abc import Sequence
@@ -63,6 +64,11 @@ def laplace_perturb(key: jax.Array, images: jnp.ndarray, scale: float, *,
   return jnp.clip(noisy, 0.0, 1.0) if clip else noisy
 
 
+SHARED_SCALAR_CAVEAT = (
+    "shared_scalar_laplace adds one noise value per image, as a published code path did; "
+    "differences between pixels stay exact, so this gives NO meaningful image-level privacy.")
+
+
 def shared_scalar_laplace(key: jax.Array, images: jnp.ndarray, scale: float, *,
                           clip: bool = False) -> jnp.ndarray:
   """REPRODUCTION ONLY: adds ONE Laplace(0, `scale`) scalar to all pixels of each image.
@@ -74,15 +80,11 @@ def shared_scalar_laplace(key: jax.Array, images: jnp.ndarray, scale: float, *,
   """
   if not scale > 0:
     raise ValueError(f"Laplace scale must be > 0, got {scale}")
+  logging.warning(SHARED_SCALAR_CAVEAT)  # at trace time: once per compilation under jit
   images = jnp.asarray(images, jnp.float32)
   shift_shape = images.shape[:1] + (1,) * (images.ndim - 1)
   noisy = images + scale * jax.random.laplace(key, shift_shape, jnp.float32)
   return jnp.clip(noisy, 0.0, 1.0) if clip else noisy
-
-
-SHARED_SCALAR_CAVEAT = (
-    "shared_scalar_laplace adds one noise value per image, as a published code path did; "
-    "differences between pixels stay exact, so this gives NO meaningful image-level privacy.")
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))

@@ -529,7 +529,10 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *,
   info = builder.info
   image_key, label_key = _tfds_keys(info, image_key, label_key)
   features = info.features
-  decode_pixels_ourselves = isinstance(features[image_key], tfds.features.Image)
+  # 8-bit PNG/JPEG bytes are decoded (and resized) by PIL like every other source; other
+  # encodings (16-bit, float) go through tfds' own NumPy decoder.
+  decode_pixels_ourselves = (isinstance(features[image_key], tfds.features.Image)
+                             and features[image_key].np_dtype == np.uint8)
   decoders = {image_key: tfds.decode.SkipDecoding()} if decode_pixels_ourselves else None
   available = {_SPLIT_ALIASES.get(split, split): split for split in info.splits.keys()}
   if "train" not in available:
