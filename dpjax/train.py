@@ -231,8 +231,10 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
     for t in range(start_step, loop.num_steps):
       if budget_steps is not None and t - start_step >= budget_steps:
         stopped_by_budget = True
+        # Steps are numbered from 1 in the logs: t steps are done, step t + 1 is refused.
         logging.warning("stopping before step %d: it would take epsilon past --max_epsilon=%g "
-                        "(spent %.4f at delta=%g).", t, loop.max_epsilon, epsilon_now(), loop.delta)
+                        "(spent %.4f at delta=%g).", t + 1, loop.max_epsilon, epsilon_now(),
+                        loop.delta)
         break
       batch = sampler.batch(t)
       state, metrics = step_fn(state, gather(batch.indices), jnp.asarray(batch.mask))

@@ -117,4 +117,5 @@ def test_max_epsilon_stops_before_the_budget_is_exceeded(uninterrupted, tmp_path
   assert out["stopped_by_budget"] and out["steps"] < STEPS
   assert out["epsilon"] <= budget < accounting.compute_epsilon(
       [accounting.PrivacyPhase(1.0, 1797, 64, steps=out["steps"] + 1)], 1e-5)
-  assert f"stopping before step {out['steps']}" in caplog.text and "--max_epsilon=2" in caplog.text
+  # Logged steps count from 1: after `steps` steps, step `steps + 1` is the one refused.
+  assert f"stopping before step {out['steps'] + 1}:" in caplog.text and "--max_epsilon=2" in caplog.text
