@@ -31,6 +31,7 @@ standard deviation of a standardised y. It depends only on the public P.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -194,28 +195,47 @@ def _step_masks(sampler: sampling.BatchSampler, steps: int) -> np.ndarray | None
   return masks
 
 
-def _make_run(config: DPLinearConfig, noise_multiplier: float, clip_norm: float,
-              expected_batch_size: float, optimizer: optax.GradientTransformation):
-  """A jitted `run(params, x, y, masks, key) -> (params, (loss, clipped_fraction))`."""
-  clip_config = clipping.ClippingConfig(clip_norm=clip_norm)
-  sensitivity = clip_config.sensitivity if noise_multiplier else 0.0
+def _gradient_fn(clip_method: str, ridge: float, privacy):
+  """`gradient(params, x, y, row_norms_sq, mask, key, traced_privacy) -> (grad, metrics)`.
 
-  def gradient(params, x, y, row_norms_sq, mask, key):
-    if config.clip_method == "linear":
+  For "linear", the noise std, clip norm and expected batch size are traced arguments
+  (`traced_privacy`), so one compilation serves every privacy setting. The core's
+  generic path ("vmap") validates them in Python, so they are compile-time constants
+  (`privacy`) there.
+  """
+  def gradient(params, x, y, row_norms_sq, mask, key, traced_privacy):
+    if clip_method == "linear":
+      noise_std, clip_norm, expected_batch_size = traced_privacy
       summed, metrics = linear_clipped_grad_sum(params, x, y, mask, clip_norm, row_norms_sq)
-      grad = noise.privatize_sum(
-          key, summed, noise_multiplier=noise_multiplier, sensitivity=sensitivity,
-          expected_batch_size=expected_batch_size, mechanism="gaussian")
+      # privatize_sum adds noise_multiplier * sensitivity * N(0, 1); passing the std as the
+      # sensitivity with multiplier 1 keeps it traced (a zero std adds exactly zero).
+      grad = noise.privatize_sum(key, summed, noise_multiplier=1.0, sensitivity=noise_std,
+                                 expected_batch_size=expected_batch_size, mechanism="gaussian")
     else:
-      dp_config = train.DPConfig(clipping=clip_config, noise_multiplier=noise_multiplier,
+      noise_multiplier, clip_norm, expected_batch_size = privacy
+      dp_config = train.DPConfig(clipping=clipping.ClippingConfig(clip_norm=clip_norm),
+                                 noise_multiplier=noise_multiplier,
                                  expected_batch_size=expected_batch_size)
       grad, metrics = train.dp_gradient(linear_loss, params, {"x": x, "y": y}, mask, key,
                                         dp_config)
-    if config.ridge:
-      grad = dict(grad, w=grad["w"] + config.ridge * params["w"])
+    if ridge:
+      grad = dict(grad, w=grad["w"] + ridge * params["w"])
     return grad, metrics
+  return gradient
 
-  def run(params, x, y, masks, key):
+
+@functools.lru_cache(maxsize=64)
+def _compiled_run(steps: int, learning_rate: float, ridge: float, clip_method: str,
+                  privacy: tuple[float, float, float] | None):
+  """A jitted `run(params, x, y, masks, key, traced_privacy) -> (params, history)`.
+
+  Cached, so repeated fits (rows of a table, tests) with the same static settings
+  compile once per shape.
+  """
+  optimizer = optax.sgd(learning_rate)
+  gradient = _gradient_fn(clip_method, ridge, privacy)
+
+  def run(params, x, y, masks, key, traced_privacy):
     row_norms_sq = jnp.sum(jnp.square(x), axis=1)
     full_mask = jnp.ones(x.shape[0], bool)
 
@@ -223,14 +243,15 @@ def _make_run(config: DPLinearConfig, noise_multiplier: float, clip_norm: float,
       params, opt_state = carry
       t, mask = inputs
       mask = full_mask if mask is None else mask
-      grad, metrics = gradient(params, x, y, row_norms_sq, mask, jax.random.fold_in(key, t))
+      grad, metrics = gradient(params, x, y, row_norms_sq, mask, jax.random.fold_in(key, t),
+                               traced_privacy)
       updates, opt_state = optimizer.update(grad, opt_state, params)
       count = jnp.maximum(metrics.num_examples, 1.0)
       return ((optax.apply_updates(params, updates), opt_state),
-              (metrics.loss_sum / count, metrics.num_clipped / count))
+              (metrics.loss_sum / count, metrics.num_clipped / count, metrics.num_nonfinite))
 
-    steps = jnp.arange(config.steps)
-    (params, _), history = jax.lax.scan(body, (params, optimizer.init(params)), (steps, masks))
+    (params, _), history = jax.lax.scan(
+        body, (params, optimizer.init(params)), (jnp.arange(steps), masks))
     return params, history
 
   return jax.jit(run)
@@ -292,20 +313,27 @@ def dp_linear_regression(key: jax.Array, x: np.ndarray, y: np.ndarray,
   params = {"w": jnp.zeros(num_features, jnp.float32)}
   if config.fit_intercept:
     params["b"] = jnp.zeros((), jnp.float32)
-  run = _make_run(config, noise_multiplier, clip_norm, sampler.expected_batch_size,
-                  optax.sgd(config.learning_rate))
+  expected_batch_size = sampler.expected_batch_size
+  privacy = (float(noise_multiplier), float(clip_norm), expected_batch_size)
+  run = _compiled_run(config.steps, config.learning_rate, config.ridge, config.clip_method,
+                      privacy if config.clip_method == "vmap" else None)
+  noise_std = noise_multiplier * clip_norm if noise_multiplier else 0.0
+  traced_privacy = tuple(jnp.asarray(v, jnp.float32)
+                         for v in (noise_std, clip_norm, expected_batch_size))
   masks = _step_masks(sampler, config.steps)
-  params, (loss, clipped_fraction) = run(
-      params, jnp.asarray(x), jnp.asarray(y), None if masks is None else jnp.asarray(masks), key)
+  params, (loss, clipped_fraction, nonfinite) = run(
+      params, jnp.asarray(x), jnp.asarray(y), None if masks is None else jnp.asarray(masks), key,
+      traced_privacy)
   ledger.record(config.steps)
-  loss = np.asarray(loss)
-  if not np.isfinite(loss[-1]):
+  loss, coef = np.asarray(loss), np.asarray(params["w"], np.float64)
+  if not (np.isfinite(loss[-1]) and np.all(np.isfinite(coef)) and not np.asarray(nonfinite)[-1]):
     raise FloatingPointError(
-        f"DP-SGD linear regression diverged (final training loss {loss[-1]}); lower "
-        f"learning_rate={config.learning_rate} or standardise the features.")
+        f"DP-SGD linear regression diverged (final training loss {loss[-1]}, "
+        f"{int(np.asarray(nonfinite)[-1])} examples with non-finite gradients in the last "
+        f"step); lower learning_rate={config.learning_rate} or standardise the features.")
   epsilon = ledger.epsilon(delta, config.accountant) if noise_multiplier > 0 else math.inf
   return DPLinearFit(
-      coef=np.asarray(params["w"], np.float64),
+      coef=coef,
       intercept=float(params["b"]) if config.fit_intercept else 0.0,
       epsilon=epsilon, delta=delta, noise_multiplier=float(noise_multiplier),
       clip_norm=float(clip_norm), ledger=ledger, loss=loss,
