@@ -109,7 +109,7 @@ def preset(name: str) -> GanExperimentConfig:
     return GanExperimentConfig()
   if name == "quick":
     return GanExperimentConfig(
-        num_participants=2000, epochs=12, batch_size=8, lr=2e-4, target_epsilon=2.0,
+        num_participants=1000, epochs=10, batch_size=8, lr=5e-4, target_epsilon=2.0,
         eval_every=2, generator_conv_channels=64, discriminator_width=256, rf_trees=100,
         num_synthetic=1000)
   if name == "tiny":
