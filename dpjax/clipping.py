@@ -27,6 +27,7 @@ PyTree = Any
 LossFn = Callable[..., jax.Array]
 
 NORMS = ("l2", "l1")
+METHODS = ("vmap", "ghost", "auto")
 
 
 @chex.dataclass(frozen=True)
@@ -56,11 +57,20 @@ class ClippingConfig:
       and sum C_g for l1.
     microbatch_size: process the padded batch in chunks of this many examples (sequentially, via
       `lax.scan`) so that per-example gradients of only one chunk live in memory at a time.
+    method: how per-example norms are found. "vmap": per-example gradients by `vmap(grad)`.
+      "ghost": norms from layer inputs and output gradients and the clipped sum as one matmul
+      per layer (`dpjax.ghost`, Flax Dense/Conv/GroupNorm/LayerNorm models), falling back to
+      vmap with a warning when the model has other parameterised layers. "auto": the same,
+      falling back silently (an info log line).
+    compute_dtype: e.g. "bfloat16": the loss and its gradients are computed with parameters and
+      float inputs cast to this dtype; norms, clipping, sums (and noise) stay in float32.
   """
   clip_norm: float = 1.0
   norm: str = "l2"
   layer_clip_norms: Mapping[str, float] | None = None
   microbatch_size: int | None = None
+  method: str = "vmap"
+  compute_dtype: str | None = None
 
   def __post_init__(self):
     if self.norm not in NORMS:
@@ -74,6 +84,10 @@ class ClippingConfig:
         raise ValueError(f"layer_clip_norms must all be > 0, got {bad}.")
     if self.microbatch_size is not None and self.microbatch_size < 1:
       raise ValueError(f"microbatch_size={self.microbatch_size} must be >= 1.")
+    if self.method not in METHODS:
+      raise ValueError(f"method={self.method!r}: expected one of {METHODS}.")
+    if self.compute_dtype is not None and not jnp.issubdtype(jnp.dtype(self.compute_dtype), jnp.floating):
+      raise ValueError(f"compute_dtype={self.compute_dtype!r} is not a float dtype (e.g. 'bfloat16').")
 
   @property
   def sensitivity(self) -> float:
@@ -152,7 +166,19 @@ def _finite_per_example(grads: PyTree, losses: jax.Array) -> jax.Array:
   return ok
 
 
+def in_compute_dtype(loss_fn: LossFn, dtype) -> LossFn:
+  """`loss_fn` evaluated with float params and example leaves cast to `dtype`; a float32 loss."""
+  if dtype is None:
+    return loss_fn
+  def cast(tree):
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+  def wrapped(params, example, *args):
+    return loss_fn(cast(params), cast(example), *args).astype(jnp.float32)
+  return wrapped
+
+
 def _clip_and_sum_chunk(loss_fn, params, batch, mask, config: ClippingConfig, args):
+  loss_fn = in_compute_dtype(loss_fn, config.compute_dtype)
   losses, grads = per_example_grads(loss_fn, params, batch, *args)
   finite = _finite_per_example(grads, losses)
   keep = mask & finite
@@ -205,8 +231,12 @@ def clipped_grad_sum(loss_fn: LossFn, params: PyTree, batch: PyTree, mask: jax.A
   """
   batch_size = mask.shape[0]
   chunk = config.microbatch_size
+  clip_chunk = _clip_and_sum_chunk
+  if config.method != "vmap":
+    from dpjax import ghost  # pylint: disable=import-outside-toplevel  (ghost builds on this module)
+    clip_chunk = ghost.select_chunk_fn(loss_fn, params, batch, config, args) or clip_chunk
   if chunk is None or chunk >= batch_size:
-    return _clip_and_sum_chunk(loss_fn, params, batch, mask, config, args)
+    return clip_chunk(loss_fn, params, batch, mask, config, args)
   if batch_size % chunk:
     raise ValueError(f"padded batch size {batch_size} is not a multiple of microbatch_size={chunk}; "
                      "pad the batch to a multiple (sampling.padded_batch_size does).")
@@ -216,7 +246,7 @@ def clipped_grad_sum(loss_fn: LossFn, params: PyTree, batch: PyTree, mask: jax.A
 
   def accumulate(carry, chunk_data):
     chunk_batch, chunk_mask = chunk_data
-    summed, metrics = _clip_and_sum_chunk(loss_fn, params, chunk_batch, chunk_mask, config, args)
+    summed, metrics = clip_chunk(loss_fn, params, chunk_batch, chunk_mask, config, args)
     return jax.tree.map(jnp.add, carry, (summed, metrics)), None
 
   init_sum = jax.tree.map(jnp.zeros_like, params)

@@ -1,0 +1,206 @@
+"""Ghost-norm (book-keeping) clipping equals the vmap path, and falls back where it must."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dpjax import clipping
+from dpjax import ghost
+from dpjax import train
+
+
+class ConvNet(nn.Module):
+  """Covers each path: stacked patches and per-offset products (>= 32 input channels), the Gram
+  form (few positions), dilation, strides, both norms, a Dense on positions and a Dense head."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(32, (3, 3), padding="SAME")(x)
+    x = nn.relu(nn.GroupNorm(num_groups=4)(x))
+    x = nn.Conv(4, (2, 2), padding="VALID", kernel_dilation=2)(x)
+    x = nn.LayerNorm()(x)
+    x = nn.Conv(40, (3, 3), strides=(2, 2), padding="SAME")(x)
+    x = nn.Dense(6)(x)
+    return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+class Conv1dNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(3, (3,), padding=((1, 0),))(x))
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+class Mlp(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(nn.tanh(nn.Dense(5)(x)))
+
+
+def classification_loss(model):
+  def loss_fn(params, example):
+    logits = model.apply(params, example["x"][None])[0]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, example["y"])
+  return loss_fn
+
+
+def make_case(model, input_shape, batch_size=6, num_classes=3, seed=0):
+  kx, ky, kp = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.normal(kx, (batch_size,) + input_shape)
+  y = jax.random.randint(ky, (batch_size,), 0, num_classes)
+  params = model.init(kp, x[:1])
+  x = x.at[3].set(jnp.nan)  # one example with a NaN input: must contribute zero
+  mask = jnp.arange(batch_size) < batch_size - 1  # and one padding example
+  return classification_loss(model), params, {"x": x, "y": y}, mask
+
+
+def run(loss_fn, params, batch, mask, config):
+  fn = jax.jit(lambda p, b, m: clipping.clipped_grad_sum(loss_fn, p, b, m, config))
+  return fn(params, batch, mask)
+
+
+def assert_same(reference, result, rtol=2e-5, atol=1e-6):
+  (ref_sum, ref_metrics), (sum_, metrics) = reference, result
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=rtol, atol=atol), ref_sum, sum_)
+  for field in ("num_examples", "num_clipped", "num_nonfinite", "norm_sum", "loss_sum"):
+    np.testing.assert_allclose(getattr(metrics, field), getattr(ref_metrics, field), rtol=rtol,
+                               err_msg=field)
+
+
+MODELS = {
+    "conv": (ConvNet(), (6, 6, 3)),
+    "conv1d": (Conv1dNet(), (7, 2)),
+    "mlp": (Mlp(), (4,)),
+}
+
+
+CASES = [("conv", 0.3), ("conv1d", 0.3), ("conv1d", 1e4), ("mlp", 0.3), ("mlp", 1e4)]
+
+
+@pytest.mark.parametrize("name,clip_norm", CASES)
+def test_ghost_equals_vmap(name, clip_norm, monkeypatch):
+  if name == "conv":  # also: the clipped sum recomputed as one product, not from kept grads
+    monkeypatch.setattr(ghost, "KEEP_PER_EXAMPLE_BYTES", 20_000)
+  model, shape = MODELS[name]
+  loss_fn, params, batch, mask = make_case(model, shape)
+  plan, reason = ghost.make_plan(loss_fn, params, jax.tree.map(lambda x: x[0], batch))
+  assert plan is not None, reason
+  config = clipping.ClippingConfig(clip_norm=clip_norm)
+  reference = run(loss_fn, params, batch, mask, config)
+  assert float(reference[1].num_nonfinite) == 1.0  # the NaN example is real, not padding
+  result = run(loss_fn, params, batch, mask, dataclasses.replace(config, method="ghost"))
+  assert_same(reference, result)
+
+
+def test_ghost_equals_vmap_per_layer_clipping_and_microbatches():
+  loss_fn, params, batch, mask = make_case(Conv1dNet(), (7, 2))
+  bounds = clipping.equal_layer_clip_norms(params, 0.5)
+  config = clipping.ClippingConfig(layer_clip_norms=bounds, microbatch_size=3)
+  reference = run(loss_fn, params, batch, mask, config)
+  assert float(reference[1].num_clipped) > 0
+  result = run(loss_fn, params, batch, mask, dataclasses.replace(config, method="auto"))
+  assert_same(reference, result)
+
+
+def test_norms_match_independent_per_example_loop():
+  """Norms from the ghost path equal norms of gradients computed one example at a time."""
+  loss_fn, params, batch, mask = make_case(ConvNet(), (6, 6, 3))
+  mask = jnp.ones_like(mask)
+  batch = {"x": jnp.nan_to_num(batch["x"]), "y": batch["y"]}
+  config = clipping.ClippingConfig(clip_norm=1e9, method="ghost")
+  _, metrics = run(loss_fn, params, batch, mask, config)
+  expected = 0.0
+  grad_fn = jax.jit(jax.grad(loss_fn))
+  for i in range(6):
+    grad = grad_fn(params, jax.tree.map(lambda x: x[i], batch))
+    expected += np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grad)))
+  np.testing.assert_allclose(metrics.norm_sum, expected, rtol=1e-5)
+
+
+class Tied(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    dense = nn.Dense(4)
+    return dense(nn.relu(dense(x)))  # the same layer twice
+
+
+class Scaled(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    temperature = self.param("temperature", nn.initializers.ones, ())
+    return nn.Dense(3)(x) * temperature  # a parameter outside any supported layer
+
+
+@pytest.mark.parametrize("model,expected", [
+    (Tied(), "more than once"),
+    (Scaled(), "used outside"),
+])
+def test_unsupported_models_fall_back_to_vmap(model, expected):
+  loss_fn, params, batch, mask = make_case(model, (4,), num_classes=3)
+  plan, reason = ghost.make_plan(loss_fn, params, jax.tree.map(lambda x: x[0], batch))
+  assert plan is None and expected in reason
+  config = clipping.ClippingConfig(clip_norm=0.3)
+  assert_same(run(loss_fn, params, batch, mask, config),
+              run(loss_fn, params, batch, mask, dataclasses.replace(config, method="ghost")))
+
+
+def test_weight_decay_inside_loss_is_detected():
+  model = Mlp()
+  base, params, batch, mask = make_case(model, (4,))
+  loss_fn = lambda p, ex: base(p, ex) + 0.1 * sum(jnp.sum(w ** 2) for w in jax.tree.leaves(p))
+  plan, reason = ghost.make_plan(loss_fn, params, jax.tree.map(lambda x: x[0], batch))
+  assert plan is None and "used outside" in reason
+
+
+def test_plain_function_loss_has_no_plan():
+  loss_fn = lambda p, ex: jnp.sum(p["w"] * ex["x"]) ** 2
+  plan, reason = ghost.make_plan(loss_fn, {"w": jnp.ones(3)}, {"x": jnp.ones(3)})
+  assert plan is None and "no nn.Dense" in reason
+
+
+def test_l1_norm_falls_back_to_vmap():
+  loss_fn, params, batch, mask = make_case(Mlp(), (4,))
+  config = clipping.ClippingConfig(clip_norm=0.3, norm="l1")
+  assert_same(run(loss_fn, params, batch, mask, config),
+              run(loss_fn, params, batch, mask, dataclasses.replace(config, method="auto")))
+
+
+def test_dp_step_with_ghost_equals_vmap_step():
+  loss_fn, params, batch, mask = make_case(Mlp(), (4,))
+  optimizer = optax.sgd(0.1)
+  states = []
+  for method in ("vmap", "ghost"):
+    config = train.DPConfig(clipping.ClippingConfig(clip_norm=0.5, method=method), 1.1, 5.0)
+    step = train.make_dp_step(loss_fn, optimizer, config)
+    state = train.init_state(jax.tree.map(jnp.copy, params), optimizer, jax.random.key(7))
+    states.append(step(state, batch, mask)[0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               states[0].params, states[1].params)
+
+
+@pytest.mark.parametrize("method", ["vmap", "ghost"])
+def test_bfloat16_compute_keeps_float32_sums(method):
+  loss_fn, params, batch, mask = make_case(Conv1dNet(), (7, 2))
+  config = clipping.ClippingConfig(clip_norm=0.5, compute_dtype="bfloat16", method=method)
+  if method == "ghost":
+    plan, reason = ghost.make_plan(loss_fn, params, jax.tree.map(lambda x: x[0], batch),
+                                   compute_dtype="bfloat16")
+    assert plan is not None, reason
+    assert all(layer.out_dtype == jnp.bfloat16 for layer in plan.layers)
+  summed, metrics = run(loss_fn, params, batch, mask, config)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(summed))
+  assert metrics.norm_sum.dtype == jnp.float32
+  reference, _ = run(loss_fn, params, batch, mask, clipping.ClippingConfig(clip_norm=0.5))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=0.1, atol=0.05), reference, summed)
+
+
+def test_bad_method_and_dtype_are_rejected():
+  with pytest.raises(ValueError, match="method"):
+    clipping.ClippingConfig(method="fast")
+  with pytest.raises(ValueError, match="compute_dtype"):
+    clipping.ClippingConfig(compute_dtype="int8")
