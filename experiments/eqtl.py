@@ -209,7 +209,11 @@ def evaluate(data: eqtl.EqtlData, config: Config, key: jax.Array, *,
   delta = dp_linear.default_delta(n_train) if config.delta is None else config.delta
   notes = []
   if baselines is None:
-    ols = linear.ols_fit(data.x_train, data.y_train, ridge=config.ridge)
+    # DP-SGD penalises its mean loss by (ridge/2)||w||^2; the same objective for the
+    # closed form (a sum of squares) has penalty ridge * n_train.
+    clock = time.perf_counter()
+    ols = linear.ols_fit(data.x_train, data.y_train, ridge=config.ridge * n_train)
+    ols_seconds = time.perf_counter() - clock
     if ols.warning:
       notes.append(f"OLS under-determined (rank {ols.details['rank']} < P={p})")
     sgd_config = dataclasses.replace(_dp_config(config, None, delta), noise_multiplier=0.0,
@@ -217,17 +221,19 @@ def evaluate(data: eqtl.EqtlData, config: Config, key: jax.Array, *,
     sgd = dp_linear.dp_linear_regression(key, data.x_train, data.y_train, sgd_config)
     r2, r2_adj = _test_scores(ols, data)
     baselines = {"R2": r2, "R2_adj": r2_adj, "R2_SGD": _test_scores(sgd, data)[0],
-                 "notes": notes}
+                 "notes": notes, "seconds_ols": ols_seconds}
   notes = list(baselines["notes"])
   reason = linear.adjusted_r2_undefined_reason(n_test, p)
   if reason:
     notes.append(reason.replace("n=", "n_test="))
 
   noise_key, adassp_key = jax.random.split(key)
+  clock = time.perf_counter()
   dp_fit = dp_linear.dp_linear_regression(
       noise_key, data.x_train, data.y_train, _dp_config(config, target_epsilon, delta),
       seed=config.seed)
   r2_dp, r2_adj_dp = _test_scores(dp_fit, data)
+  dp_seconds, clock = time.perf_counter() - clock, time.perf_counter()
   row = {"N": n_train + n_test, "P": p, "n_train": n_train, "n_test": n_test,
          "R2": baselines["R2"], "R2_DP": r2_dp, "R2_adj": baselines["R2_adj"],
          "R2_adj_DP": r2_adj_dp, "epsilon": dp_fit.epsilon, "delta": dp_fit.delta,
@@ -241,6 +247,8 @@ def evaluate(data: eqtl.EqtlData, config: Config, key: jax.Array, *,
                                dp_fit.delta, x_bound, config.adassp_y_bound,
                                budget_split=config.adassp_budget_split)
     row["R2_AdaSSP"], row["R2_adj_AdaSSP"] = _test_scores(adassp, data)
+  row.update(seconds_ols=baselines["seconds_ols"], seconds_dp=dp_seconds,
+             seconds_adassp=time.perf_counter() - clock)
   row["note"] = "; ".join(notes)
   return row, baselines
 
@@ -308,6 +316,12 @@ def plot_sweep(summary: list[dict], path: str, title: str) -> None:
     sds = np.nan_to_num(np.array([s[column + "_sd"] for s in summary]))
     ax.errorbar(xs, means, yerr=sds, marker=marker, capsize=3, label=label)
   ax.axhline(summary[0]["R2"], color="k", linestyle="--", label="OLS (non-private)")
+  ax.axhline(0.0, color="grey", linewidth=0.8, label="predicting the mean (R2 = 0)")
+  lowest = min(min(s["R2_DP"], s["R2_AdaSSP"]) for s in summary)
+  if lowest < -1:  # a few catastrophic points would squash the informative range
+    ax.set_ylim(bottom=-1.0, top=1.0)
+    ax.text(0.02, 0.02, f"lowest mean R2 {lowest:.3g} is below the axis", fontsize=7,
+            transform=ax.transAxes)
   ax.set_xscale("log")
   ticks = xs
   ax.set_xticks(ticks)
@@ -321,14 +335,28 @@ def plot_sweep(summary: list[dict], path: str, title: str) -> None:
   plt.close(fig)
 
 
+def tf_privacy_epsilon(noise_multiplier: float, steps: int, delta: float) -> float:
+  """Full-batch epsilon as TF Privacy's compute_dp_sgd_privacy (2019) reported it.
+
+  Its RDP orders were 1.1, 1.2, ..., 10.9, 12, ..., 63 and its conversion
+  eps = RDP(alpha) + log(1 / delta) / (alpha - 1); with q = 1 the Gaussian mechanism's RDP
+  is alpha / (2 sigma^2) per step. This reproduces the study's 1678.16.
+  """
+  orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+  return min(steps * a / (2 * noise_multiplier**2) + math.log(1 / delta) / (a - 1)
+             for a in orders)
+
+
 def _study_epsilon_sentence(config: Config) -> str:
   """What the study's privacy settings imply, from the accountant."""
   study = accounting.compute_epsilon(
       [accounting.PrivacyPhase(0.5, 1000, 1000, "full", steps=700)], 1e-6, "rdp")
   return (f"The study's settings (full batch, 700 steps, noise multiplier 0.5, delta 1e-6) give "
-          f"epsilon = {study:.2f} with the RDP accountant for every N: with full batches "
-          "epsilon depends only on the noise multiplier, the steps and delta. Such an epsilon "
-          "bounds nothing in practice.")
+          f"epsilon = {study:.2f} with dp_accounting's RDP accountant for every N "
+          f"({tf_privacy_epsilon(0.5, 700, 1e-6):.2f} with the RDP orders of the TF Privacy "
+          "version the study used, its reported 1678.16): with full batches epsilon depends "
+          "only on the noise multiplier, the steps and delta. Such an epsilon bounds nothing "
+          "in practice.")
 
 
 def write_outputs(workdir: str, config: Config, rows: list[dict]) -> dict:
@@ -437,7 +465,8 @@ def define_flags() -> None:
   flags.DEFINE_float("learning_rate", None, "SGD learning rate (study: 0.025).")
   flags.DEFINE_string("sampling", None, "full (study) or poisson (needs --batch_size).")
   flags.DEFINE_integer("batch_size", None, "Expected Poisson batch size.")
-  flags.DEFINE_float("ridge", None, "L2 penalty of OLS and DP-SGD.")
+  flags.DEFINE_float("ridge", None, "L2 penalty (ridge/2)||w||^2 on the mean loss of OLS and "
+                     "DP-SGD (added after the noise: no privacy cost).")
   flags.DEFINE_integer("repeats", None, "Repeats per row with different seeds.")
   flags.DEFINE_float("adassp_x_bound", None, "AdaSSP public bound on ||x|| (default sqrt(P)).")
   flags.DEFINE_float("adassp_y_bound", None, "AdaSSP public bound on |y| (default 3).")

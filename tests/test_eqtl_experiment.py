@@ -133,3 +133,11 @@ def test_mismatched_sample_ids_name_both_files(tmp_path):
   with pytest.raises(ValueError) as error:
     eqtl.train_and_evaluate(config, str(tmp_path / "out"))
   assert "geno.bed" in str(error.value) and "expr.bed" in str(error.value)
+
+
+def test_the_studys_epsilon_is_tf_privacy_rdp_for_its_settings():
+  # The study reports 1678.16 for every row; dp_accounting's finer RDP orders give a bit less.
+  assert eqtl.tf_privacy_epsilon(0.5, 700, 1e-6) == pytest.approx(1678.16, abs=0.005)
+  ours = accounting.compute_epsilon([accounting.PrivacyPhase(0.5, 10, 10, "full", steps=700)],
+                                    1e-6)
+  assert 1600 < ours <= 1678.16
