@@ -1,0 +1,310 @@
+r"""Step-time benchmark of dpjax's DP-SGD step against its own non-private step (and Opacus).
+
+  python -m experiments.benchmark --workload=cnn --batch_size=64 --mode=all
+  python -m experiments.benchmark --workload=resnet18 --batch_size=32 --mode=all --compare=opacus --json
+  python -m experiments.benchmark --workload=linear --batch_size=256 --mode=dp --per_example=ghost
+
+For each variant (non-private; DP with per-example clipping by vmap, ghost norms, or auto) the
+jitted step is compiled once (compile time and XLA's memory estimate recorded), run `--warmup`
+times, then `--rounds` x `--steps` times with `block_until_ready`; rounds of the variants are
+interleaved so that the ratios are taken under the same load. Reported: median and minimum ms
+per step, examples/s, cores used (process CPU time / wall time), peak memory (the device's
+memory statistics where the backend has them, else the process's peak RSS), DP/non-DP ratios
+and the CPU pressure (/proc/pressure/cpu) before and after: other processes on the machine
+distort timings, so compare ratios within one run.
+
+`--compare=opacus` runs the same model, batch, clip norm and noise in PyTorch/Opacus
+(`experiments.benchmark_opacus`; needs `pip install torch==2.13.0 opacus`, the `compare` extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dpjax import clipping
+from dpjax import train
+
+WORKLOADS = ("linear", "cnn", "resnet18", "vgg16")
+MODES = ("nonprivate", "dp", "all")
+PER_EXAMPLE = ("vmap", "ghost", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  workload: str = "cnn"
+  batch_size: int = 64
+  mode: str = "all"  # all: the non-private step and the DP step with both vmap and ghost
+  per_example: str = "auto"  # with mode=dp
+  steps: int = 20
+  warmup: int = 2
+  rounds: int = 1
+  clip_norm: float = 1.0
+  noise_multiplier: float = 1.1
+  learning_rate: float = 0.1
+  compute_dtype: str | None = None
+  microbatch_size: int | None = None
+  compare: str | None = None  # "opacus"
+  opacus_modes: tuple[str, ...] = ("hooks", "ew", "ghost")
+  seed: int = 0
+
+  def __post_init__(self):
+    checks = [("workload", self.workload, WORKLOADS), ("mode", self.mode, MODES),
+              ("per_example", self.per_example, PER_EXAMPLE),
+              ("compare", self.compare, (None, "opacus"))]
+    for name, value, valid in checks:
+      if value not in valid:
+        raise ValueError(f"--{name}={value!r}: expected one of {valid}.")
+    for name in ("batch_size", "steps", "rounds"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"--{name}={getattr(self, name)} must be >= 1.")
+    if self.warmup < 0:
+      raise ValueError(f"--warmup={self.warmup} must be >= 0.")
+
+
+# --- workloads -------------------------------------------------------------------------------
+
+LINEAR_FEATURES = 1999  # + 1 bias = 2000 parameters
+
+
+def input_shape(workload: str) -> tuple[int, ...]:
+  return (LINEAR_FEATURES,) if workload == "linear" else (32, 32, 3)
+
+
+def make_workload(workload: str, batch_size: int, seed: int):
+  """(model, params, per-example loss_fn, batch, mask) of a workload on random data."""
+  from dpjax.models import registry  # pylint: disable=import-outside-toplevel
+  num_outputs = 1 if workload == "linear" else 10
+  model = registry.build_model(workload, num_outputs)
+  key_x, key_y, key_init = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.normal(key_x, (batch_size,) + input_shape(workload), jnp.float32)
+  params = model.init(key_init, x[:1])
+  if workload == "linear":
+    y = jax.random.normal(key_y, (batch_size,), jnp.float32)
+    def loss_fn(p, example):
+      return jnp.square(model.apply(p, example["x"][None])[0, 0] - example["y"])
+  else:
+    y = jax.random.randint(key_y, (batch_size,), 0, num_outputs)
+    def loss_fn(p, example):
+      logits = model.apply(p, example["x"][None])[0]
+      return optax.softmax_cross_entropy_with_integer_labels(logits, example["y"])
+  return model, params, loss_fn, {"x": x, "y": y}, jnp.ones((batch_size,), bool)
+
+
+# --- measurement ---------------------------------------------------------------------------
+
+def cpu_pressure() -> str | None:
+  try:
+    with open("/proc/pressure/cpu") as f:
+      return f.readline().strip()
+  except OSError:
+    return None
+
+
+def peak_memory_bytes() -> dict:
+  """Device peak where the backend reports it, else this process's peak RSS (since start)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return {"kind": "device_peak_bytes_in_use", "bytes": int(stats["peak_bytes_in_use"])}
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return {"kind": "process_peak_rss", "bytes": int(rss * (1 if sys.platform == "darwin" else 1024))}
+
+
+@dataclasses.dataclass
+class _Variant:
+  name: str
+  step: Callable
+  state: Any = None
+  compiled: Any = None
+  wall: list = dataclasses.field(default_factory=list)
+  cpu: list = dataclasses.field(default_factory=list)
+  info: dict = dataclasses.field(default_factory=dict)
+
+
+def _variants(config: BenchmarkConfig, loss_fn) -> tuple[list[_Variant], Any]:
+  optimizer = optax.sgd(config.learning_rate)
+  out = []
+  if config.mode in ("nonprivate", "all"):
+    cast_loss = clipping.in_compute_dtype(loss_fn, config.compute_dtype)
+    out.append(_Variant("nonprivate", train.make_nonprivate_step(cast_loss, optimizer)))
+  methods = ("vmap", "ghost") if config.mode == "all" else (config.per_example,)
+  if config.mode in ("dp", "all"):
+    for method in methods:
+      clip = clipping.ClippingConfig(clip_norm=config.clip_norm, method=method,
+                                     compute_dtype=config.compute_dtype,
+                                     microbatch_size=config.microbatch_size)
+      dp = train.DPConfig(clip, config.noise_multiplier, float(config.batch_size))
+      out.append(_Variant(f"dp_{method}", train.make_dp_step(loss_fn, optimizer, dp)))
+  return out, optimizer
+
+
+def _run_steps(variant: _Variant, batch, mask, count: int, record: bool):
+  for _ in range(count):
+    wall, cpu = time.perf_counter(), time.process_time()
+    variant.state, metrics = variant.compiled(variant.state, batch, mask)
+    jax.block_until_ready((variant.state, metrics))
+    if record:
+      variant.wall.append(time.perf_counter() - wall)
+      variant.cpu.append(time.process_time() - cpu)
+  return metrics
+
+
+def run_benchmark(config: BenchmarkConfig | dict) -> dict:
+  """Runs the benchmark and returns its results (what `--json` prints)."""
+  if isinstance(config, dict):
+    config = BenchmarkConfig(**config)
+  _, params, loss_fn, batch, mask = make_workload(config.workload, config.batch_size, config.seed)
+  variants, optimizer = _variants(config, loss_fn)
+  result = {
+      "config": dataclasses.asdict(config),
+      "environment": {
+          "backend": jax.default_backend(), "devices": jax.device_count(),
+          "cpu_count": os.cpu_count(), "jax": jax.__version__, "python": platform.python_version(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      },
+      "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+      "cpu_pressure_before": cpu_pressure(),
+  }
+  for variant in variants:
+    state = train.init_state(jax.tree.map(jnp.copy, params), optimizer, jax.random.key(config.seed))
+    start = time.perf_counter()
+    variant.compiled = variant.step.lower(state, batch, mask).compile()
+    variant.info["compile_s"] = time.perf_counter() - start
+    memory = variant.compiled.memory_analysis()
+    if memory is not None:
+      variant.info["xla_temp_bytes"] = int(memory.temp_size_in_bytes)
+      variant.info["xla_argument_bytes"] = int(memory.argument_size_in_bytes)
+    variant.state = state
+    metrics = _run_steps(variant, batch, mask, config.warmup, record=False)
+    variant.info["peak_memory_after"] = peak_memory_bytes()
+    if config.warmup:
+      loss = float(metrics["loss"])
+      if not np.isfinite(loss):
+        raise FloatingPointError(f"{variant.name}: loss {loss} after warm-up")
+  for _ in range(config.rounds):  # interleaved: every variant sees the same load
+    for variant in variants:
+      _run_steps(variant, batch, mask, config.steps, record=True)
+  results = {}
+  for variant in variants:
+    wall, cpu = np.asarray(variant.wall), np.asarray(variant.cpu)
+    median = float(np.median(wall))
+    results[variant.name] = {
+        "median_ms": 1e3 * median, "min_ms": 1e3 * float(np.min(wall)),
+        "examples_per_sec": config.batch_size / median,
+        "cores_used": float(np.sum(cpu) / np.sum(wall)),
+        "steps_timed": int(wall.size), **variant.info,
+    }
+  result["jax"] = results
+  result["peak_memory"] = peak_memory_bytes()
+  if "nonprivate" in results:
+    base = results["nonprivate"]["median_ms"]
+    result["dp_over_nonprivate"] = {name: r["median_ms"] / base for name, r in results.items()
+                                    if name != "nonprivate"}
+  if config.compare == "opacus":
+    result["opacus"] = _compare_opacus(config, batch)
+    best = {name: r["median_ms"] for name, r in result["opacus"].get("results", {}).items()
+            if name != "nonprivate"}
+    if best:
+      best_name = min(best, key=best.get)
+      result["dpjax_over_best_opacus"] = {
+          name: r["median_ms"] / best[best_name] for name, r in results.items() if name != "nonprivate"}
+      result["best_opacus_mode"] = best_name
+  result["cpu_pressure_after"] = cpu_pressure()
+  return result
+
+
+def _compare_opacus(config: BenchmarkConfig, batch) -> dict:
+  try:
+    from experiments import benchmark_opacus  # pylint: disable=import-outside-toplevel
+    benchmark_opacus.check_installed()
+  except ImportError as error:
+    return {"error": f"{error}. Install the comparison with `pip install torch==2.13.0 opacus` "
+                     "(or `pip install -e .[compare]`)."}
+  return benchmark_opacus.run(
+      config.workload, np.asarray(batch["x"]), np.asarray(batch["y"]), steps=config.steps,
+      warmup=config.warmup, rounds=config.rounds, clip_norm=config.clip_norm,
+      noise_multiplier=config.noise_multiplier, learning_rate=config.learning_rate,
+      modes=config.opacus_modes, seed=config.seed)
+
+
+def format_table(result: dict) -> str:
+  lines = [f"workload={result['config']['workload']} batch={result['config']['batch_size']} "
+           f"params={result['num_params']} backend={result['environment']['backend']}",
+           f"cpu pressure before: {result['cpu_pressure_before']}",
+           "| variant | median ms | min ms | examples/s | cores | compile s | / non-DP |",
+           "|---|---|---|---|---|---|---|"]
+  ratios = result.get("dp_over_nonprivate", {})
+  for name, r in result["jax"].items():
+    ratio = ratios.get(name)
+    lines.append(f"| jax {name} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
+                 f"{r['examples_per_sec']:.0f} | {r['cores_used']:.2f} | {r['compile_s']:.1f} | "
+                 f"{'' if ratio is None else f'{ratio:.2f}'} |")
+  opacus = result.get("opacus", {})
+  for name, r in opacus.get("results", {}).items():
+    lines.append(f"| torch {name} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
+                 f"{r['examples_per_sec']:.0f} | {r['cores_used']:.2f} | | |")
+  if "error" in opacus:
+    lines.append(f"opacus: {opacus['error']}")
+  if "dpjax_over_best_opacus" in result:
+    lines.append(f"dpjax DP / best Opacus ({result['best_opacus_mode']}): " + ", ".join(
+        f"{k}={v:.2f}" for k, v in result["dpjax_over_best_opacus"].items()))
+  lines.append(f"peak memory ({result['peak_memory']['kind']}): "
+               f"{result['peak_memory']['bytes'] / 2**20:.0f} MiB")
+  lines.append(f"cpu pressure after: {result['cpu_pressure_after']}")
+  return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("workload", "cnn", WORKLOADS, "Model and data shape.")
+flags.DEFINE_integer("batch_size", 64, "Examples per step.")
+flags.DEFINE_enum("mode", "all", MODES, "all: non-private, DP with vmap and DP with ghost.")
+flags.DEFINE_enum("per_example", "auto", PER_EXAMPLE, "Per-example clipping method with --mode=dp.")
+flags.DEFINE_integer("steps", 20, "Timed steps per round.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_integer("rounds", 1, "Interleaved rounds of --steps steps per variant.")
+flags.DEFINE_float("clip_norm", 1.0, "Per-example L2 clip norm.")
+flags.DEFINE_float("noise_multiplier", 1.1, "Gaussian noise multiplier.")
+flags.DEFINE_string("compute_dtype", None, "e.g. bfloat16: mixed precision (fp32 norms/noise).")
+flags.DEFINE_integer("microbatch_size", None, "Per-example clipping in chunks of this size.")
+flags.DEFINE_enum("compare", None, ["opacus"], "Also run the same step in Opacus.")
+flags.DEFINE_list("opacus_modes", ["hooks", "ew", "ghost"], "Opacus grad_sample_mode values.")
+flags.DEFINE_integer("seed", 0, "Seed of data and parameters.")
+flags.DEFINE_bool("json", False, "Print the results as JSON instead of a table.")
+flags.DEFINE_string("output", None, "Also write the JSON results to this file.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    config = BenchmarkConfig(
+        workload=FLAGS.workload, batch_size=FLAGS.batch_size, mode=FLAGS.mode,
+        per_example=FLAGS.per_example, steps=FLAGS.steps, warmup=FLAGS.warmup,
+        rounds=FLAGS.rounds, clip_norm=FLAGS.clip_norm, noise_multiplier=FLAGS.noise_multiplier,
+        compute_dtype=FLAGS.compute_dtype, microbatch_size=FLAGS.microbatch_size,
+        compare=FLAGS.compare, opacus_modes=tuple(FLAGS.opacus_modes), seed=FLAGS.seed)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  result = run_benchmark(config)
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
+      json.dump(result, f, indent=2)
+  print(json.dumps(result, indent=2) if FLAGS.json else format_table(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
