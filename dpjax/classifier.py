@@ -50,7 +50,8 @@ class ClassifierConfig:
   `noise_multiplier`, or calibrated to `target_epsilon` at `delta` for the run's length
   (`target_epsilon=inf` means non-private). `mechanism="gaussian"` clips in L2 ((eps, delta)-DP
   by the RDP accountant), "laplace" clips in L1 (pure DP per step; PLD accountant for epsilon at
-  delta, and the pure epsilon is reported too). `ldp_scale > 0` adds Laplace noise of that scale
+  delta, and the pure epsilon is reported too). `max_epsilon` keeps the noise and stops training
+  before a step would spend more. `ldp_scale > 0` adds Laplace noise of that scale
   to every training pixel once, before training (local DP; test images stay clean).
   """
   model: str = "cnn"
@@ -70,6 +71,7 @@ class ClassifierConfig:
   clip_norm: float = 1.0
   noise_multiplier: float | None = 1.0
   target_epsilon: float | None = None
+  max_epsilon: float | None = None  # stop before a step would take epsilon past this budget
   delta: float = 1e-5
   mechanism: str = "gaussian"
   accountant: str = "auto"  # rdp for gaussian, pld for laplace
@@ -105,6 +107,8 @@ class ClassifierConfig:
       raise ValueError(f"noise_multiplier={self.noise_multiplier} must be >= 0.")
     if self.target_epsilon is not None and not self.target_epsilon > 0:
       raise ValueError(f"target_epsilon={self.target_epsilon} must be > 0 (inf: non-private).")
+    if self.max_epsilon is not None and not self.max_epsilon > 0:
+      raise ValueError(f"max_epsilon={self.max_epsilon} must be > 0.")
     if self.private and self.noise_multiplier is None and self.target_epsilon is None:
       raise ValueError("a private run needs noise_multiplier or target_epsilon.")
     if self.ldp_scale < 0:
@@ -270,8 +274,11 @@ def load_dataset(config: ClassifierConfig) -> images_lib.ImageDataset:
 
 
 def _keys(seed: int):
-  """Independent keys for initialisation, DP-SGD noise and local-DP noise."""
-  init_key, noise_key, ldp_key = jax.random.split(jax.random.key(seed), 3)
+  """Independent keys for initialisation, DP-SGD noise and local-DP noise.
+
+  Raw uint32 keys (`PRNGKey`), since the checkpoint stores the noise key as a plain array.
+  """
+  init_key, noise_key, ldp_key = jax.random.split(jax.random.PRNGKey(seed), 3)
   return init_key, noise_key, ldp_key
 
 
@@ -381,7 +388,8 @@ def train_classifier(config: ClassifierConfig, workdir: str | None = None,
 
   loop = train.LoopConfig(
       num_steps=num_steps, delta=config.delta, accountant=config.resolved_accountant,
-      workdir=workdir, checkpoint_every=config.checkpoint_every or steps_per_epoch,
+      max_epsilon=config.max_epsilon, workdir=workdir,
+      checkpoint_every=config.checkpoint_every or steps_per_epoch,
       eval_every=config.eval_every or steps_per_epoch, log_every=config.log_every)
   _, noise_key, _ = _keys(config.seed)
   data = {"image": dataset.train_images, "label": dataset.train_labels}
