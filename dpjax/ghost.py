@@ -348,11 +348,29 @@ class _LayerGrads:
     return matrix.reshape(shape)
 
 
+def _varying_like(x: jax.Array, like: jax.Array) -> jax.Array:
+  """Inside `shard_map`, gives `x` the device-varying axes of `like` (the batch).
+
+  Otherwise the gradient with respect to the (invariant) zero perturbations would be summed
+  over devices, mixing examples of different devices.
+  """
+  aval = jax.typeof(like)
+  axes = getattr(aval, "vma", None)  # the attribute's name differs across jax versions
+  if axes is None:
+    axes = getattr(getattr(aval, "manual_axis_type", None), "varying", ())
+  axes = tuple(sorted(axes or ()))
+  if not axes:
+    return x
+  return jax.lax.pcast(x, axes, to="varying")
+
+
 def capture(loss_fn: Callable, plan: Plan, params: PyTree, batch: PyTree, args: tuple = (),
             compute_dtype=None):
   """Per-example losses (B,), and per layer its inputs and the gradients at its output."""
-  batch_size = jax.tree.leaves(batch)[0].shape[0]
-  perturbations = [jnp.zeros((batch_size,) + l.out_shape, l.out_dtype) for l in plan.layers]
+  first = jax.tree.leaves(batch)[0]
+  batch_size = first.shape[0]
+  perturbations = [_varying_like(jnp.zeros((batch_size,) + l.out_shape, l.out_dtype), first)
+                   for l in plan.layers]
 
   def per_example(perturbation, example):
     p = _cast_floats(params, compute_dtype)
