@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from dpjax import clipping
+from dpjax import parallel
 from dpjax import train
 
 WORKLOADS = ("linear", "cnn", "resnet18", "vgg16")
@@ -60,6 +61,7 @@ class BenchmarkConfig:
   microbatch_size: int | None = None
   compare: str | None = None  # "opacus"
   opacus_modes: tuple[str, ...] = ("hooks", "ew", "ghost")
+  data_parallel: bool = False  # shard the batch over all local devices (dpjax.parallel)
   seed: int = 0
 
   def __post_init__(self):
@@ -135,12 +137,17 @@ class _Variant:
   info: dict = dataclasses.field(default_factory=dict)
 
 
-def _variants(config: BenchmarkConfig, loss_fn) -> tuple[list[_Variant], Any]:
+def _variants(config: BenchmarkConfig, loss_fn, mesh) -> tuple[list[_Variant], Any]:
   optimizer = optax.sgd(config.learning_rate)
+  if mesh is None:
+    make_dp, make_nonprivate = train.make_dp_step, train.make_nonprivate_step
+  else:
+    make_dp = lambda *a: parallel.make_parallel_dp_step(*a, mesh=mesh)
+    make_nonprivate = lambda *a: parallel.make_parallel_nonprivate_step(*a, mesh=mesh)
   out = []
   if config.mode in ("nonprivate", "all"):
     cast_loss = clipping.in_compute_dtype(loss_fn, config.compute_dtype)
-    out.append(_Variant("nonprivate", train.make_nonprivate_step(cast_loss, optimizer)))
+    out.append(_Variant("nonprivate", make_nonprivate(cast_loss, optimizer)))
   methods = ("vmap", "ghost") if config.mode == "all" else (config.per_example,)
   if config.mode in ("dp", "all"):
     for method in methods:
@@ -148,7 +155,7 @@ def _variants(config: BenchmarkConfig, loss_fn) -> tuple[list[_Variant], Any]:
                                      compute_dtype=config.compute_dtype,
                                      microbatch_size=config.microbatch_size)
       dp = train.DPConfig(clip, config.noise_multiplier, float(config.batch_size))
-      out.append(_Variant(f"dp_{method}", train.make_dp_step(loss_fn, optimizer, dp)))
+      out.append(_Variant(f"dp_{method}", make_dp(loss_fn, optimizer, dp)))
   return out, optimizer
 
 
@@ -168,7 +175,10 @@ def run_benchmark(config: BenchmarkConfig | dict) -> dict:
   if isinstance(config, dict):
     config = BenchmarkConfig(**config)
   _, params, loss_fn, batch, mask = make_workload(config.workload, config.batch_size, config.seed)
-  variants, optimizer = _variants(config, loss_fn)
+  mesh = parallel.data_mesh(jax.local_devices()) if config.data_parallel else None
+  if mesh is not None:
+    batch, mask = parallel.shard_batch(batch, mask, mesh)
+  variants, optimizer = _variants(config, loss_fn, mesh)
   result = {
       "config": dataclasses.asdict(config),
       "environment": {
@@ -181,6 +191,8 @@ def run_benchmark(config: BenchmarkConfig | dict) -> dict:
   }
   for variant in variants:
     state = train.init_state(jax.tree.map(jnp.copy, params), optimizer, jax.random.key(config.seed))
+    if mesh is not None:
+      state = parallel.replicate(state, mesh)
     start = time.perf_counter()
     variant.compiled = variant.step.lower(state, batch, mask).compile()
     variant.info["compile_s"] = time.perf_counter() - start
@@ -282,6 +294,8 @@ flags.DEFINE_string("compute_dtype", None, "e.g. bfloat16: mixed precision (fp32
 flags.DEFINE_integer("microbatch_size", None, "Per-example clipping in chunks of this size.")
 flags.DEFINE_enum("compare", None, ["opacus"], "Also run the same step in Opacus.")
 flags.DEFINE_list("opacus_modes", ["hooks", "ew", "ghost"], "Opacus grad_sample_mode values.")
+flags.DEFINE_bool("data_parallel", False, "Shard the batch over all local devices; on CPU with "
+                  "XLA_FLAGS=--xla_force_host_platform_device_count=N (one device per core).")
 flags.DEFINE_integer("seed", 0, "Seed of data and parameters.")
 flags.DEFINE_bool("json", False, "Print the results as JSON instead of a table.")
 flags.DEFINE_string("output", None, "Also write the JSON results to this file.")
@@ -296,7 +310,8 @@ def main(argv):
         per_example=FLAGS.per_example, steps=FLAGS.steps, warmup=FLAGS.warmup,
         rounds=FLAGS.rounds, clip_norm=FLAGS.clip_norm, noise_multiplier=FLAGS.noise_multiplier,
         compute_dtype=FLAGS.compute_dtype, microbatch_size=FLAGS.microbatch_size,
-        compare=FLAGS.compare, opacus_modes=tuple(FLAGS.opacus_modes), seed=FLAGS.seed)
+        compare=FLAGS.compare, opacus_modes=tuple(FLAGS.opacus_modes),
+        data_parallel=FLAGS.data_parallel, seed=FLAGS.seed)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   result = run_benchmark(config)
