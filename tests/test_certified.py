@@ -128,3 +128,20 @@ def test_fraction_does_not_grow_with_radius_and_gaussian_bound_certifies_more():
   assert np.all(exact >= rdp)  # Monte Carlo error only removes certified pixels
   with pytest.raises(ValueError, match="unknown bound"):
     certified.certify(clean, radii, bound="laplace")
+
+
+def test_rdp_bounds_match_their_closed_form_optimum():
+  # Optimising alpha analytically (notes/interpret.md): with c = log(1/p), r = L / (sigma sqrt 2),
+  # lower = exp(-(sqrt c + r)^2), upper = exp(-(sqrt c - r)^2) if c > r^2 else 1.
+  p = np.array([1e-4, 0.01, 0.3, 0.7, 0.95])
+  radius, sigma = 0.2, 0.5
+  c, r = np.log(1 / p), radius / (sigma * np.sqrt(2))
+  low, high = certified.rdp_bounds(p, radius, sigma)  # closed form
+  grid_low, grid_high = certified.rdp_bounds(p, radius, sigma,
+                                             alphas=np.geomspace(1 + 1e-6, 1e7, 20000))
+  np.testing.assert_allclose(grid_low, low, rtol=1e-4)
+  np.testing.assert_allclose(grid_high, high, rtol=1e-4)
+  assert np.all(grid_low <= low * (1 + 1e-12)) and np.all(grid_high >= high * (1 - 1e-12))
+  np.testing.assert_allclose(low, np.exp(-(np.sqrt(c) + r)**2), rtol=1e-4)
+  want_high = np.where(c > r**2, np.exp(-(np.sqrt(c) - r)**2), 1.0)
+  np.testing.assert_allclose(high, want_high, rtol=1e-4)

@@ -37,7 +37,6 @@ from scipy import stats
 from dpjax.interpret.gradcam import AttributionFn
 
 PyTree = object
-DEFAULT_ALPHAS = np.geomspace(1.0 + 1e-3, 1e5, 600)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,14 +107,24 @@ def rdp_epsilon(alpha, radius: float, sigma: float):
   return np.asarray(alpha) * radius**2 / (2.0 * sigma**2)
 
 
-def rdp_bounds(p, radius: float, sigma: float, alphas: Sequence[float] = DEFAULT_ALPHAS):
+def rdp_bounds(p, radius: float, sigma: float, alphas: Sequence[float] | None = None):
   """(lower, upper) on E[f(x')] for every x' within `radius` of x, given p = E[f(x)], f in [0,1].
 
-  Best over `alphas` of the two Hoelder/RDP bounds in the module docstring.
+  The two Hoelder/RDP bounds of the module docstring, at the best order alpha: in closed form
+  (default; with c = log(1/p) and r = radius / (sigma sqrt 2), lower = exp(-(sqrt c + r)^2) and
+  upper = exp(-(sqrt c - r)^2) if c > r^2, else 1; derived in notes/interpret.md), or the best
+  over the given finite `alphas`.
   """
   p = np.clip(np.asarray(p, np.float64), 0.0, 1.0)
   if radius == 0:
     return p.copy(), p.copy()
+  if alphas is None:
+    with np.errstate(divide="ignore"):
+      c = np.log(1.0 / p)
+    r = radius / (sigma * np.sqrt(2.0))
+    lower = np.exp(-(np.sqrt(c) + r)**2)
+    upper = np.where(c > r**2, np.exp(-(np.sqrt(c) - r)**2), 1.0)
+    return np.where(p > 0, lower, 0.0), np.where(p > 0, upper, 0.0)
   alphas = np.asarray(alphas, np.float64).reshape((-1,) + (1,) * p.ndim)
   eps = rdp_epsilon(alphas, radius, sigma)
   with np.errstate(divide="ignore"):
@@ -178,7 +187,7 @@ def _estimate_bounds(counts, num_samples: int, k: int, confidence: float | None)
 
 def certify(smoothed: SmoothedMaps, radii: Sequence[float], *, bound: str = "rdp",
             confidence: float | None = 0.999,
-            alphas: Sequence[float] = DEFAULT_ALPHAS) -> Certificate:
+            alphas: Sequence[float] | None = None) -> Certificate:
   """The certified fraction of the smoothed map's top-k at each radius (l2, input units)."""
   bound_fn = _bound_fn(bound, alphas)
   counts = smoothed.topk_counts.reshape(-1)
@@ -196,7 +205,7 @@ def certify(smoothed: SmoothedMaps, radii: Sequence[float], *, bound: str = "rdp
 
 def certified_radius(smoothed: SmoothedMaps, fraction: float, *, bound: str = "rdp",
                      confidence: float | None = 0.999, max_radius: float | None = None,
-                     tolerance: float = 1e-3, alphas: Sequence[float] = DEFAULT_ALPHAS) -> float:
+                     tolerance: float = 1e-3, alphas: Sequence[float] | None = None) -> float:
   """The largest radius (to `tolerance`) at which >= `fraction` of the top-k is certified.
 
   0 when even radius 0 fails (Monte Carlo uncertainty alone). The certified fraction does not
