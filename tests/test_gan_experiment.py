@@ -75,6 +75,7 @@ def test_trajectories_plots_tables_and_memorisation(run):
   memo = results["variants"]["private"]["memorisation_final"]
   assert 0.0 <= memo["closer_to_train_fraction"] <= 1.0
   assert math.isfinite(memo["median_ratio_train_over_heldout"])
+  assert memo["spread_ratio_synthetic_over_train"] >= 0
   with open(os.path.join(workdir, "t_summary.md")) as f:
     table = f.read()
   assert "trained on real (TRTR)" in table and "private GAN, final (TSTR)" in table
