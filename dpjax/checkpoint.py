@@ -22,10 +22,24 @@ def path(workdir: str) -> str:
   return os.path.join(workdir, FILENAME)
 
 
+def _is_typed_key(x) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_host(x):
+  return np.asarray(jax.random.key_data(x) if _is_typed_key(x) else x)
+
+
+def _like_template(template_leaf, restored_leaf):
+  if _is_typed_key(template_leaf):  # typed keys are stored as their raw key data
+    return jax.random.wrap_key_data(restored_leaf, impl=jax.random.key_impl(template_leaf))
+  return restored_leaf
+
+
 def save(workdir: str, state: Any, meta: dict) -> str:
   """Writes `state` (any pytree) and `meta` (JSON-serialisable) atomically; returns the path."""
   os.makedirs(workdir, exist_ok=True)
-  host_state = jax.tree.map(np.asarray, serialization.to_state_dict(state))
+  host_state = jax.tree.map(_to_host, serialization.to_state_dict(state))
   payload = serialization.msgpack_serialize({"state": host_state, "meta": json.dumps(meta)})
   final = path(workdir)
   tmp = final + ".tmp"
@@ -45,6 +59,7 @@ def restore(workdir: str, template: Any) -> tuple[Any, dict] | None:
   try:
     payload = serialization.msgpack_restore(file.read_bytes())
     state = serialization.from_state_dict(template, payload["state"])
+    state = jax.tree.map(_like_template, template, state)
     meta = json.loads(payload["meta"])
     expected = jax.tree.map(np.shape, template)
     found = jax.tree.map(np.shape, state)

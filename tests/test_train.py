@@ -148,3 +148,15 @@ def test_sampler_and_dp_config_must_agree():
   with pytest.raises(ValueError, match="expected batch size"):
     train.train(linear_loss, init_params(), optax.sgd(0.1), (x, y), sampler=sampler, dp=dp,
                 loop=train.LoopConfig(num_steps=1), noise_key=jax.random.PRNGKey(0))
+
+
+def test_checkpoint_round_trips_typed_and_raw_keys(tmp_path):
+  state = {"typed": jax.random.key(7), "raw": jax.random.PRNGKey(7), "w": jnp.arange(3.0)}
+  checkpoint.save(str(tmp_path), state, {"note": "x"})
+  template = {"typed": jax.random.key(0), "raw": jax.random.PRNGKey(0), "w": jnp.zeros(3)}
+  restored, meta = checkpoint.restore(str(tmp_path), template)
+  assert meta == {"note": "x"}
+  np.testing.assert_array_equal(jax.random.key_data(restored["typed"]), jax.random.key_data(state["typed"]))
+  np.testing.assert_array_equal(restored["raw"], state["raw"])
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  np.testing.assert_array_equal(jax.random.normal(restored["typed"], (2,)), jax.random.normal(state["typed"], (2,)))
