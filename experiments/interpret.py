@@ -552,7 +552,8 @@ def main(argv):
   overrides = {name: getattr(values, name) for name in
                ("seed", "epochs", "num_samples", "smoothing_sigma", "dataset")
                if getattr(values, name) is not None}
-  overrides["data_dir"] = values.data_dir or str(paths.default_data_dir())
+  data_dir = values.data_dir or paths.default_data_dir()
+  overrides["data_dir"] = str(data_dir) if data_dir else None  # None: the digits fallback
   try:
     config = dataclasses.replace(PRESETS[values.preset], **overrides)
   except ValueError as error:
