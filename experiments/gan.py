@@ -448,32 +448,37 @@ def train_and_evaluate(config: GanExperimentConfig, workdir: str,
 # ----- command line -------------------------------------------------------------------------
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Output directory (checkpoints, results.json, plots).")
-flags.DEFINE_enum("preset", "quick", PRESETS, "Base configuration; other flags override it.")
-flags.DEFINE_enum("mode", "train", ("train", "benchmark"),
-                  "train: the study; benchmark: examples/s of the private discriminator step.")
-flags.DEFINE_string("data_dir", None, "Data folder (default: dpjax.data.paths.default_data_dir()).")
-flags.DEFINE_enum("dataset", None, list(trials.DATASET_NAMES), "Trial data set.")
-flags.DEFINE_integer("num_participants", None, "Random subset of participants.")
-flags.DEFINE_float("noise", None, "Noise multiplier (ignored with --target_epsilon).")
-flags.DEFINE_float("clip_value", None, "Clip norm of each (real, generated) pair's gradient.")
-flags.DEFINE_integer("epochs", None, "Training epochs.")
-flags.DEFINE_float("lr", None, "Adam learning rate (both networks).")
-flags.DEFINE_integer("batch_size", None, "Expected real participants per discriminator step.")
-flags.DEFINE_string("prefix", None, "Prefix of the output file names (the study's --prefix).")
-flags.DEFINE_float("target_epsilon", None, "Calibrate the noise to spend this epsilon.")
-flags.DEFINE_float("delta", None, "Delta of (epsilon, delta)-DP.")
-flags.DEFINE_integer("seed", None, "Seed: data split, initialisation, batches, noise, samples.")
-flags.DEFINE_integer("eval_every", None, "Evaluate every this many epochs.")
-flags.DEFINE_bool("private", None, "Train the private GAN.")
-flags.DEFINE_bool("nonprivate_baseline", None, "Also train a non-private GAN.")
-flags.DEFINE_integer("num_synthetic", None, "Synthetic participants per evaluation.")
-flags.DEFINE_integer("generator_conv_channels", None, "Generator conv width (study: 256).")
-flags.DEFINE_integer("discriminator_width", None, "Discriminator dense width (study: 1024).")
-flags.DEFINE_integer("rf_trees", None, "Random forest trees.")
-flags.DEFINE_integer("microbatch_size", None, "Clip this many pairs at a time.")
-flags.DEFINE_list("benchmark_batch_sizes", ["1", "4", "8", "16", "32"],
-                  "Batch sizes of --mode=benchmark (the first should be 1).")
+
+
+def define_flags() -> None:
+  """Defines the command-line flags (only when run as a script, so modules import together)."""
+  flags.DEFINE_string("workdir", None, "Output directory (checkpoints, results.json, plots).")
+  flags.DEFINE_enum("preset", "quick", PRESETS, "Base configuration; other flags override it.")
+  flags.DEFINE_enum("mode", "train", ("train", "benchmark"),
+                    "train: the study; benchmark: examples/s of the private discriminator step.")
+  flags.DEFINE_string("data_dir", None, "Data folder (default: dpjax.data.paths.default_data_dir()).")
+  flags.DEFINE_enum("dataset", None, list(trials.DATASET_NAMES), "Trial data set.")
+  flags.DEFINE_integer("num_participants", None, "Random subset of participants.")
+  flags.DEFINE_float("noise", None, "Noise multiplier (ignored with --target_epsilon).")
+  flags.DEFINE_float("clip_value", None, "Clip norm of each (real, generated) pair's gradient.")
+  flags.DEFINE_integer("epochs", None, "Training epochs.")
+  flags.DEFINE_float("lr", None, "Adam learning rate (both networks).")
+  flags.DEFINE_integer("batch_size", None, "Expected real participants per discriminator step.")
+  flags.DEFINE_string("prefix", None, "Prefix of the output file names (the study's --prefix).")
+  flags.DEFINE_float("target_epsilon", None, "Calibrate the noise to spend this epsilon.")
+  flags.DEFINE_float("delta", None, "Delta of (epsilon, delta)-DP.")
+  flags.DEFINE_integer("seed", None, "Seed: data split, initialisation, batches, noise, samples.")
+  flags.DEFINE_integer("eval_every", None, "Evaluate every this many epochs.")
+  flags.DEFINE_bool("private", None, "Train the private GAN.")
+  flags.DEFINE_bool("nonprivate_baseline", None, "Also train a non-private GAN.")
+  flags.DEFINE_integer("num_synthetic", None, "Synthetic participants per evaluation.")
+  flags.DEFINE_integer("generator_conv_channels", None, "Generator conv width (study: 256).")
+  flags.DEFINE_integer("discriminator_width", None, "Discriminator dense width (study: 1024).")
+  flags.DEFINE_integer("rf_trees", None, "Random forest trees.")
+  flags.DEFINE_integer("microbatch_size", None, "Clip this many pairs at a time.")
+  flags.DEFINE_list("benchmark_batch_sizes", ["1", "4", "8", "16", "32"],
+                    "Batch sizes of --mode=benchmark (the first should be 1).")
+
 
 _OVERRIDES = ("dataset", "num_participants", "noise", "clip_value", "epochs", "lr", "batch_size",
               "prefix", "target_epsilon", "delta", "seed", "eval_every", "private",
@@ -526,4 +531,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
