@@ -114,7 +114,7 @@ def test_matches_optax_differentially_private_aggregate_without_noise():
   params, batch = make_problem()
   _, grads = clipping.per_example_grads(mlp_loss, params, batch)
   oracle = optax.contrib.differentially_private_aggregate(
-      l2_norm_clip=0.3, noise_multiplier=0.0, key=jax.random.PRNGKey(0))
+      l2_norm_clip=0.3, noise_multiplier=0.0, key=0)
   expected, _ = oracle.update(grads, oracle.init(params))
   config = train.DPConfig(clipping.ClippingConfig(clip_norm=0.3), noise_multiplier=0.0,
                           expected_batch_size=8)
