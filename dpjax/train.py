@@ -251,12 +251,12 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
         elapsed = time.perf_counter() - window_start
         entry = {"step": done, **metrics, "epsilon": epsilon_now(),
                  "examples_per_sec": window_examples / max(elapsed, 1e-9)}
-        window_start, window_examples = time.perf_counter(), 0
         if is_eval:
           entry.update(eval_fn(state.params))
         record(entry)
         logging.info("step %d/%d %s", done, loop.num_steps,
                      " ".join(f"{k}={v:.4g}" for k, v in entry.items() if k != "step"))
+        window_start, window_examples = time.perf_counter(), 0  # evaluation time is not training time
       if loop.workdir and (done % loop.checkpoint_every == 0):
         save()
   finally:
