@@ -18,19 +18,24 @@ from absl import logging
 
 from dpjax import accounting
 
-_DATASET_SIZE = flags.DEFINE_integer("dataset_size", None, "Number of training examples N.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Expected batch size (Poisson) or exact "
-                                   "batch size (fixed); q = batch_size / dataset_size.")
-_NOISE = flags.DEFINE_float("noise_multiplier", None, "Noise std (or Laplace scale) / clip norm.")
-_TARGET = flags.DEFINE_float("target_epsilon", None, "Print the noise multiplier reaching this "
-                             "epsilon instead of an epsilon.")
-_EPOCHS = flags.DEFINE_float("epochs", None, "Passes over the data; steps = ceil(epochs / q).")
-_STEPS = flags.DEFINE_integer("steps", None, "Number of steps (instead of --epochs).")
-_DELTA = flags.DEFINE_float("delta", 1e-5, "Target delta.")
-_ACCOUNTANT = flags.DEFINE_enum("accountant", "rdp", list(accounting.ACCOUNTANTS), "Accountant.")
-_SAMPLING = flags.DEFINE_enum("sampling", "poisson", list(accounting.SAMPLINGS), "Batch sampling.")
-_MECHANISM = flags.DEFINE_enum("mechanism", "gaussian", list(accounting.MECHANISMS), "Noise.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defines the calculator's flags (only when run as a script: importing stays side-effect free)."""
+  flags.DEFINE_integer("dataset_size", None, "Number of training examples N.")
+  flags.DEFINE_integer("batch_size", None, "Expected batch size (Poisson) or exact "
+                       "batch size (fixed); q = batch_size / dataset_size.")
+  flags.DEFINE_float("noise_multiplier", None, "Noise std (or Laplace scale) / clip norm.")
+  flags.DEFINE_float("target_epsilon", None, "Print the noise multiplier reaching this "
+                     "epsilon instead of an epsilon.")
+  flags.DEFINE_float("epochs", None, "Passes over the data; steps = ceil(epochs / q).")
+  flags.DEFINE_integer("steps", None, "Number of steps (instead of --epochs).")
+  flags.DEFINE_float("delta", 1e-5, "Target delta.")
+  flags.DEFINE_enum("accountant", "rdp", list(accounting.ACCOUNTANTS), "Accountant.")
+  flags.DEFINE_enum("sampling", "poisson", list(accounting.SAMPLINGS), "Batch sampling.")
+  flags.DEFINE_enum("mechanism", "gaussian", list(accounting.MECHANISMS), "Noise.")
+  flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
 class UsageError(ValueError):
@@ -105,17 +110,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    result = compute(_DATASET_SIZE.value, _BATCH_SIZE.value, _NOISE.value, _TARGET.value,
-                     _EPOCHS.value, _STEPS.value, _DELTA.value, _ACCOUNTANT.value,
-                     _SAMPLING.value, _MECHANISM.value)
+    result = compute(FLAGS.dataset_size, FLAGS.batch_size, FLAGS.noise_multiplier, FLAGS.target_epsilon,
+                     FLAGS.epochs, FLAGS.steps, FLAGS.delta, FLAGS.accountant,
+                     FLAGS.sampling, FLAGS.mechanism)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  if _JSON.value:
+  if FLAGS.json:
     print(json.dumps(result))
-  elif _TARGET.value is not None:
+  elif FLAGS.target_epsilon is not None:
     print(f"noise_multiplier={result['noise_multiplier']:.6g} reaches epsilon="
-          f"{result['epsilon']:.4f} (target {_TARGET.value}) at delta={result['delta']:g} after "
+          f"{result['epsilon']:.4f} (target {FLAGS.target_epsilon}) at delta={result['delta']:g} after "
           f"{result['steps']} steps with q={result['sampling_probability']:.4g} "
           f"({result['accountant']}).")
   else:
@@ -127,4 +132,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
