@@ -9,11 +9,11 @@ result equals the one-device step for the same key up to float summation order.
 
 Why `shard_map` and not plain `jit` with shardings (GSPMD): on XLA CPU (jax 0.10.2) the
 automatically partitioned `vmap` of a convolution's gradient returns wrong per-example kernel
-gradients when the batch is sharded (off by ~0.3 on a toy net; see notes/performance.md),
+gradients when the batch is sharded (off by ~0.3 on a toy net; see BUILD_NOTES.md, performance section),
 which would break the clipping bound. Here no per-example computation is partitioned by XLA.
 
 Multi-host: start one process per host with `jax.distributed.initialize(...)` before any other
-JAX call (see notes/performance.md); `data_mesh()` then spans every device of every host and
+JAX call (see BUILD_NOTES.md, performance section); `data_mesh()` then spans every device of every host and
 `shard_batch` takes each host's own slice of the batch (`jax.make_array_from_process_local_data`).
 """
 

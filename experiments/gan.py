@@ -59,7 +59,7 @@ class GanExperimentConfig:
     dropout: the discriminator's dropout (0.3) in training.
     rf_trees: trees of the random forests.
     top_k: how many best epochs per classifier Figure 2D pools.
-    microbatch_size: clip this many pairs at a time (see notes/gan.md on speed).
+    microbatch_size: clip this many pairs at a time (see BUILD_NOTES.md, DP GAN section, on speed).
   """
   dataset: str = "sprint_sim"
   num_participants: int | None = None

@@ -131,7 +131,7 @@ def test_fraction_does_not_grow_with_radius_and_gaussian_bound_certifies_more():
 
 
 def test_rdp_bounds_match_their_closed_form_optimum():
-  # Optimising alpha analytically (notes/interpret.md): with c = log(1/p), r = L / (sigma sqrt 2),
+  # Optimising alpha analytically (BUILD_NOTES.md (interpretability section)): with c = log(1/p), r = L / (sigma sqrt 2),
   # lower = exp(-(sqrt c + r)^2), upper = exp(-(sqrt c - r)^2) if c > r^2 else 1.
   p = np.array([1e-4, 0.01, 0.3, 0.7, 0.95])
   radius, sigma = 0.2, 0.5
