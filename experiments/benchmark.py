@@ -281,24 +281,28 @@ def format_table(result: dict) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("workload", "cnn", WORKLOADS, "Model and data shape.")
-flags.DEFINE_integer("batch_size", 64, "Examples per step.")
-flags.DEFINE_enum("mode", "all", MODES, "all: non-private, DP with vmap and DP with ghost.")
-flags.DEFINE_enum("per_example", "auto", PER_EXAMPLE, "Per-example clipping method with --mode=dp.")
-flags.DEFINE_integer("steps", 20, "Timed steps per round.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-flags.DEFINE_integer("rounds", 1, "Interleaved rounds of --steps steps per variant.")
-flags.DEFINE_float("clip_norm", 1.0, "Per-example L2 clip norm.")
-flags.DEFINE_float("noise_multiplier", 1.1, "Gaussian noise multiplier.")
-flags.DEFINE_string("compute_dtype", None, "e.g. bfloat16: mixed precision (fp32 norms/noise).")
-flags.DEFINE_integer("microbatch_size", None, "Per-example clipping in chunks of this size.")
-flags.DEFINE_enum("compare", None, ["opacus"], "Also run the same step in Opacus.")
-flags.DEFINE_list("opacus_modes", ["hooks", "ew", "ghost"], "Opacus grad_sample_mode values.")
-flags.DEFINE_bool("data_parallel", False, "Shard the batch over all local devices; on CPU with "
-                  "XLA_FLAGS=--xla_force_host_platform_device_count=N (one device per core).")
-flags.DEFINE_integer("seed", 0, "Seed of data and parameters.")
-flags.DEFINE_bool("json", False, "Print the results as JSON instead of a table.")
-flags.DEFINE_string("output", None, "Also write the JSON results to this file.")
+
+
+def define_flags() -> None:
+  """Defines the command-line flags (only when run as a script, so modules import together)."""
+  flags.DEFINE_enum("workload", "cnn", WORKLOADS, "Model and data shape.")
+  flags.DEFINE_integer("batch_size", 64, "Examples per step.")
+  flags.DEFINE_enum("mode", "all", MODES, "all: non-private, DP with vmap and DP with ghost.")
+  flags.DEFINE_enum("per_example", "auto", PER_EXAMPLE, "Per-example clipping method with --mode=dp.")
+  flags.DEFINE_integer("steps", 20, "Timed steps per round.")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+  flags.DEFINE_integer("rounds", 1, "Interleaved rounds of --steps steps per variant.")
+  flags.DEFINE_float("clip_norm", 1.0, "Per-example L2 clip norm.")
+  flags.DEFINE_float("noise_multiplier", 1.1, "Gaussian noise multiplier.")
+  flags.DEFINE_string("compute_dtype", None, "e.g. bfloat16: mixed precision (fp32 norms/noise).")
+  flags.DEFINE_integer("microbatch_size", None, "Per-example clipping in chunks of this size.")
+  flags.DEFINE_enum("compare", None, ["opacus"], "Also run the same step in Opacus.")
+  flags.DEFINE_list("opacus_modes", ["hooks", "ew", "ghost"], "Opacus grad_sample_mode values.")
+  flags.DEFINE_bool("data_parallel", False, "Shard the batch over all local devices; on CPU with "
+                    "XLA_FLAGS=--xla_force_host_platform_device_count=N (one device per core).")
+  flags.DEFINE_integer("seed", 0, "Seed of data and parameters.")
+  flags.DEFINE_bool("json", False, "Print the results as JSON instead of a table.")
+  flags.DEFINE_string("output", None, "Also write the JSON results to this file.")
 
 
 def main(argv):
@@ -322,4 +326,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
