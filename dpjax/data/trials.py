@@ -156,6 +156,20 @@ def _find_file(data_dir: pathlib.Path, name: str, subfolder: str) -> pathlib.Pat
   return None
 
 
+
+def _sprint_layout(values: np.ndarray, arm: np.ndarray, description: str,
+                   ids: tuple[str, ...] | None = None) -> TrialData:
+  """SBP, DBP, N_BPCLASSES in original units (N, 3, 12) -> TrialData divided by SPRINT_SCALE."""
+  scale = np.asarray(SPRINT_SCALE)
+  return TrialData(
+      x=(values / scale[:, None]).astype(np.float32),
+      arm=arm.astype(np.int32),
+      feature_names=SPRINT_FEATURES,
+      visit_names=SPRINT_VISITS,
+      scale=scale,
+      description=description,
+      ids=ids)
+
 def load_sprint(data_dir: str | None) -> TrialData:
   """The SPRINT Challenge files, preprocessed as in greenelab/SPRINT_gan (Preprocess.ipynb).
 
@@ -211,21 +225,13 @@ def load_sprint(data_dir: str | None) -> TrialData:
     raise ValueError(
         f"{files['baseline.csv']}: INTENSIVE must be 0 or 1, found {sorted(set(arm.tolist()))}.")
 
-  scale = np.asarray(SPRINT_SCALE)
   description = (
       f"SPRINT trial ({files['bp.csv'].parent}): {len(ids)} participants x SBP, DBP, N_BPCLASSES "
       f"at visits {', '.join(SPRINT_VISITS)}; dropped {num_missing_sbp} missing an SBP value, "
       f"{int(never_measured.sum())} never measured for DBP or N_BPCLASSES and "
       f"{int((~has_arm).sum())} without a baseline.csv row; {num_filled} missing DBP/N_BPCLASSES "
       f"values carried from the previous visit; divided by {SPRINT_SCALE}; arm = INTENSIVE.")
-  return TrialData(
-      x=(values / scale[:, None]).astype(np.float32),
-      arm=arm.astype(np.int32),
-      feature_names=SPRINT_FEATURES,
-      visit_names=SPRINT_VISITS,
-      scale=scale,
-      description=description,
-      ids=tuple(str(i) for i in ids))
+  return _sprint_layout(values, arm, description, ids=tuple(str(i) for i in ids))
 
 
 def simulate_sprint_like(seed: int, n: int = SPRINT_NUM_PARTICIPANTS) -> TrialData:
@@ -295,18 +301,11 @@ def simulate_sprint_like(seed: int, n: int = SPRINT_NUM_PARTICIPANTS) -> TrialDa
       np.clip(np.round(dbp), 40, 137),
       np.clip(np.round(drugs), 0, 6),
   ], axis=1)
-  scale = np.asarray(SPRINT_SCALE)
   description = (
       f"Simulated SPRINT-like trial (seed {seed}): {n} participants x SBP, DBP, N_BPCLASSES at "
       f"visits {', '.join(SPRINT_VISITS)}; intensive arm settles at SBP ~121 mmHg and 2.8 drug "
       f"classes, standard at ~136 and 1.8 (SPRINT, NEJM 2015); scaled by {SPRINT_SCALE}.")
-  return TrialData(
-      x=(values / scale[:, None]).astype(np.float32),
-      arm=arm.astype(np.int32),
-      feature_names=SPRINT_FEATURES,
-      visit_names=SPRINT_VISITS,
-      scale=scale,
-      description=description)
+  return _sprint_layout(values, arm, description)
 
 
 def _pbcseq_arm(trt: pd.Series, path: pathlib.Path) -> pd.Series:
