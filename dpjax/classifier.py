@@ -89,6 +89,7 @@ class ClassifierConfig:
   resize: int | None = None
   microbatch_size: int | None = None
   per_example: str = "vmap"
+  data_parallel: bool = False  # shard batches over all local devices (on CPU: dpjax.devices)
 
   def __post_init__(self):
     _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -371,7 +372,8 @@ def train_classifier(config: ClassifierConfig, workdir: str | None = None,
 
   train_size = len(dataset.train_labels)
   sampler = sampling.BatchSampler(train_size, min(config.batch_size, train_size), config.sampling,
-                                  seed=config.seed)
+                                  seed=config.seed,
+                                  multiple_of=jax.local_device_count() if config.data_parallel else 1)
   steps_per_epoch = sampler.steps_per_epoch
   num_steps = _num_steps(config, steps_per_epoch)
 
@@ -390,7 +392,8 @@ def train_classifier(config: ClassifierConfig, workdir: str | None = None,
       num_steps=num_steps, delta=config.delta, accountant=config.resolved_accountant,
       max_epsilon=config.max_epsilon, workdir=workdir,
       checkpoint_every=config.checkpoint_every or steps_per_epoch,
-      eval_every=config.eval_every or steps_per_epoch, log_every=config.log_every)
+      eval_every=config.eval_every or steps_per_epoch, log_every=config.log_every,
+      data_parallel=config.data_parallel)
   _, noise_key, _ = _keys(config.seed)
   data = {"image": dataset.train_images, "label": dataset.train_labels}
   run_config = {**config.to_dict(), "resolved_noise_multiplier": noise_multiplier}

@@ -123,6 +123,9 @@ class LoopConfig:
   log_every: int = 50
   allow_privacy_change: bool = False
   data_on_device: bool | None = None  # None: when the data fits in 2 GB
+  # Shard each batch over all local devices (`dpjax.parallel`); on CPU see `dpjax.devices`.
+  # The sampler's padded batch size must be a multiple of the device count.
+  data_parallel: bool = False
 
 
 @dataclasses.dataclass
@@ -180,14 +183,21 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
     logging.warning("delta=%g >= 1/N=%g: such a delta allows releasing some examples outright; "
                     "use delta well below 1/N.", loop.delta, 1.0 / sampler.dataset_size)
 
-  if dp is None:
+  # dpjax.parallel builds on this module, so it is imported here, not at the top.
+  from dpjax import parallel  # pylint: disable=g-import-not-at-top
+  mesh = _data_parallel_mesh(sampler, parallel) if loop.data_parallel else None
+  if mesh is not None:
+    step_fn = (parallel.make_parallel_nonprivate_step(loss_fn, optimizer, mesh) if dp is None
+               else parallel.make_parallel_dp_step(loss_fn, optimizer, dp, mesh))
+  elif dp is None:
     step_fn = make_nonprivate_step(loss_fn, optimizer)
-    phase = sampler.privacy_phase(0.0)
   else:
     step_fn = make_dp_step(loss_fn, optimizer, dp)
-    phase = sampler.privacy_phase(dp.noise_multiplier, dp.mechanism)
+  phase = (sampler.privacy_phase(0.0) if dp is None
+           else sampler.privacy_phase(dp.noise_multiplier, dp.mechanism))
 
-  state = init_state(params, optimizer, noise_key)
+  # The step donates its state: copy, so that the caller's `params` stay usable.
+  state = init_state(jax.tree.map(jnp.copy, params), optimizer, noise_key)
   ledger = accounting.PrivacyLedger()
   if loop.workdir:
     os.makedirs(loop.workdir, exist_ok=True)
@@ -202,7 +212,13 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   on_device = loop.data_on_device
   if on_device is None:
     on_device = _nbytes(data) < 2 * 1024 ** 3
-  gather = _gatherer(data, on_device)
+  if mesh is None:
+    gather = _gatherer(data, on_device)
+    place = lambda indices, mask: (gather(indices), jnp.asarray(mask))
+  else:
+    state = parallel.replicate(state, mesh)
+    gather = _gatherer(data, on_device=False)
+    place = lambda indices, mask: parallel.shard_batch(gather(indices), mask, mesh)
 
   budget_steps = None
   if loop.max_epsilon is not None and dp is not None:
@@ -237,7 +253,7 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
                         loop.delta)
         break
       batch = sampler.batch(t)
-      state, metrics = step_fn(state, gather(batch.indices), jnp.asarray(batch.mask))
+      state, metrics = step_fn(state, *place(batch.indices, batch.mask))
       ledger.record(1)
       window_examples += batch.size
       done = t + 1
@@ -264,6 +280,20 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
       metrics_file.close()
   save()
   return TrainResult(state=state, ledger=ledger, history=history, stopped_by_budget=stopped_by_budget)
+
+
+def _data_parallel_mesh(sampler: sampling.BatchSampler, parallel):
+  """The mesh over all local devices, or None (with a log line) when there is only one."""
+  devices = jax.local_devices()
+  if len(devices) == 1:
+    logging.info("data_parallel: only one device; training on it (on CPU, split the host with "
+                 "--cpu_devices, see dpjax.devices).")
+    return None
+  if sampler.padded_size % len(devices):
+    raise ValueError(f"data_parallel: the padded batch size {sampler.padded_size} is not a "
+                     f"multiple of the {len(devices)} devices; build the sampler with "
+                     f"multiple_of={len(devices)}.")
+  return parallel.data_mesh(devices)
 
 
 def steps_within_budget(ledger: accounting.PrivacyLedger, max_epsilon: float, delta: float,

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from dpjax import clipping
+from dpjax import devices
 from dpjax import parallel
 from dpjax import train
 
@@ -298,8 +299,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("microbatch_size", None, "Per-example clipping in chunks of this size.")
   flags.DEFINE_enum("compare", None, ["opacus"], "Also run the same step in Opacus.")
   flags.DEFINE_list("opacus_modes", ["hooks", "ew", "ghost"], "Opacus grad_sample_mode values.")
-  flags.DEFINE_bool("data_parallel", False, "Shard the batch over all local devices; on CPU with "
-                    "XLA_FLAGS=--xla_force_host_platform_device_count=N (one device per core).")
+  devices.define_flags()
   flags.DEFINE_integer("seed", 0, "Seed of data and parameters.")
   flags.DEFINE_bool("json", False, "Print the results as JSON instead of a table.")
   flags.DEFINE_string("output", None, "Also write the JSON results to this file.")
@@ -309,13 +309,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
+    devices.use_cpu_devices(FLAGS.cpu_devices)
     config = BenchmarkConfig(
         workload=FLAGS.workload, batch_size=FLAGS.batch_size, mode=FLAGS.mode,
         per_example=FLAGS.per_example, steps=FLAGS.steps, warmup=FLAGS.warmup,
         rounds=FLAGS.rounds, clip_norm=FLAGS.clip_norm, noise_multiplier=FLAGS.noise_multiplier,
         compute_dtype=FLAGS.compute_dtype, microbatch_size=FLAGS.microbatch_size,
         compare=FLAGS.compare, opacus_modes=tuple(FLAGS.opacus_modes),
-        data_parallel=FLAGS.data_parallel, seed=FLAGS.seed)
+        data_parallel=bool(FLAGS.data_parallel), seed=FLAGS.seed)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   result = run_benchmark(config)

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from dpjax import classifier
+from dpjax import devices
 from dpjax import ldp
 from dpjax.data import images as images_lib
 from dpjax.data import paths
@@ -96,7 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Flags that override a field of the base ClassifierConfig.
 BASE_FLAGS = ("model", "epochs", "steps", "batch_size", "learning_rate", "optimizer", "clip_norm",
               "delta", "seed", "data_dir", "max_per_class", "resize", "max_epsilon",
-              "per_example", "microbatch_size", "eval_every")
+              "per_example", "microbatch_size", "eval_every", "data_parallel")
 
 
 def _pneumonia_or_digits(data_dir: str | None) -> str:
@@ -352,6 +353,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("microbatch_size", None, "Clip in chunks of this many examples.")
   flags.DEFINE_integer("eval_every", None, "Steps between evaluations (default: each epoch).")
   flags.DEFINE_list("only", [], "Run only these runs (patterns, e.g. '*/original,*eps8').")
+  devices.define_flags()
 
 
 def main(argv):
@@ -359,6 +361,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
+  try:
+    devices.use_cpu_devices(FLAGS.cpu_devices)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   overrides = {name: getattr(FLAGS, name) for name in BASE_FLAGS}
   if overrides["data_dir"] is None:
     overrides["data_dir"] = paths.default_data_dir()

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax import classifier
+from dpjax import devices
 from dpjax import sampling
 from dpjax.data import images as images_lib
 from dpjax.data import paths
@@ -80,6 +81,7 @@ class Config:
   cost_samples: tuple = (64, 256, 1024, 4096)
   data_dir: str | None = None
   seed: int = 0
+  data_parallel: bool = False  # shard training batches over all local devices
 
   def __post_init__(self):
     if self.laplace_accounting not in ("pure", "pld"):
@@ -151,7 +153,8 @@ def classifier_config(config: Config, *, epsilon: float = INF, mechanism: str = 
                 batch_size=config.batch_size, optimizer=config.optimizer,
                 learning_rate=config.learning_rate, clip_norm=clip_norm or config.clip_norm,
                 delta=config.delta, mechanism=mechanism, ldp_scale=ldp_scale, seed=config.seed,
-                max_per_class=config.max_per_class, log_every=1000)
+                max_per_class=config.max_per_class, log_every=1000,
+                data_parallel=config.data_parallel)
   if math.isinf(epsilon):
     return classifier.ClassifierConfig(private=False, noise_multiplier=None, **common)
   if mechanism == "laplace" and config.laplace_accounting == "pure":
@@ -542,6 +545,7 @@ def _define_flags():
   flags.DEFINE_integer("num_samples", None, "T, noisy copies per smoothed map.")
   flags.DEFINE_float("smoothing_sigma", None, "Gaussian smoothing sigma (input units).")
   flags.DEFINE_string("dataset", None, "Dataset name (see dpjax.data.images).")
+  devices.define_flags()
 
 
 def main(argv):
@@ -549,8 +553,12 @@ def main(argv):
   values = flags.FLAGS
   if not values.workdir:
     raise app.UsageError("--workdir is required")
+  try:
+    devices.use_cpu_devices(values.cpu_devices)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   overrides = {name: getattr(values, name) for name in
-               ("seed", "epochs", "num_samples", "smoothing_sigma", "dataset")
+               ("seed", "epochs", "num_samples", "smoothing_sigma", "dataset", "data_parallel")
                if getattr(values, name) is not None}
   data_dir = values.data_dir or paths.default_data_dir()
   overrides["data_dir"] = str(data_dir) if data_dir else None  # None: the digits fallback

@@ -1,0 +1,115 @@
+"""Training split over CPU devices (`dpjax.devices` + `LoopConfig.data_parallel`).
+
+The multi-device part runs in its own subprocess: the device count is fixed when JAX starts.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from dpjax import clipping
+from dpjax import devices
+from dpjax import sampling
+from dpjax import train
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, tempfile
+    from dpjax import devices
+    count = devices.use_cpu_devices(2)
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from dpjax import clipping, sampling, train
+
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(40, 5)).astype(np.float32),
+            "y": rng.normal(size=(40,)).astype(np.float32)}
+    params = {"w": jnp.zeros((5,)), "b": jnp.zeros(())}
+    def loss_fn(p, ex):
+      return (ex["x"] @ p["w"] + p["b"] - ex["y"]) ** 2
+    sampler = sampling.BatchSampler(40, 8, "poisson", seed=3, multiple_of=2)
+    dp = train.DPConfig(clipping.ClippingConfig(clip_norm=0.5), 1.0, 8.0)
+
+    def run(parallel, steps, workdir=None):
+      loop = train.LoopConfig(num_steps=steps, workdir=workdir, data_parallel=parallel,
+                              checkpoint_every=1, log_every=1)
+      result = train.train(loss_fn, params, optax.sgd(0.1), data, sampler=sampler, dp=dp,
+                           loop=loop, noise_key=jax.random.PRNGKey(7))
+      leaf = result.state.params["w"]
+      return {"w": np.asarray(leaf).tolist(), "b": float(result.state.params["b"]),
+              "steps": result.ledger.steps, "epsilon": result.epsilon(1e-5),
+              "shards": len(leaf.sharding.device_set)}
+
+    out = {"count": count, "single": run(False, 4), "parallel": run(True, 4)}
+    workdir = tempfile.mkdtemp()
+    run(True, 2, workdir)
+    out["resumed"] = run(True, 4, workdir)
+    try:
+      devices.use_cpu_devices(3)
+      out["late_change"] = "accepted"
+    except RuntimeError as error:
+      out["late_change"] = str(error)
+    print("RESULT " + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def two_device_result():
+  proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+def test_host_split_into_two_devices(two_device_result):
+  assert two_device_result["count"] == 2
+  assert two_device_result["parallel"]["shards"] == 2
+  assert two_device_result["single"]["shards"] == 1
+
+
+def test_two_devices_train_like_one(two_device_result):
+  single, parallel = two_device_result["single"], two_device_result["parallel"]
+  np.testing.assert_allclose(parallel["w"], single["w"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(parallel["b"], single["b"], rtol=1e-5, atol=1e-6)
+  assert parallel["epsilon"] == single["epsilon"] and parallel["steps"] == 4
+
+
+def test_resume_on_two_devices_keeps_ledger_and_params(two_device_result):
+  resumed, parallel = two_device_result["resumed"], two_device_result["parallel"]
+  assert resumed["steps"] == 4
+  assert resumed["epsilon"] == pytest.approx(parallel["epsilon"])
+  np.testing.assert_allclose(resumed["w"], parallel["w"], rtol=1e-6, atol=1e-7)
+
+
+def test_changing_the_split_after_start_is_refused(two_device_result):
+  assert "already started with 2 CPU device" in two_device_result["late_change"]
+
+
+@pytest.mark.parametrize("bad", ["-1", "two", "1.5"])
+def test_bad_device_count_names_the_flag(bad):
+  with pytest.raises(ValueError, match="--cpu_devices"):
+    devices.resolve_count(bad)
+
+
+def test_auto_is_at_least_one_core():
+  assert devices.resolve_count("auto") >= 1
+  assert devices.resolve_count(0) == 0
+
+
+def test_data_parallel_on_one_device_trains_on_it():
+  data = {"x": np.ones((6, 2), np.float32), "y": np.zeros((6,), np.float32)}
+  loss_fn = lambda p, ex: (ex["x"] @ p - ex["y"]) ** 2
+  sampler = sampling.BatchSampler(6, 3, "poisson", seed=0)
+  dp = train.DPConfig(clipping.ClippingConfig(clip_norm=1.0), 0.0, 3.0)
+  results = [train.train(loss_fn, np.ones(2, np.float32), optax.sgd(0.1), data, sampler=sampler,
+                         dp=dp, noise_key=jax.random.PRNGKey(0),
+                         loop=train.LoopConfig(num_steps=2, data_parallel=flag)).state.params
+             for flag in (False, True)]
+  assert jax.device_count() == 1
+  np.testing.assert_array_equal(results[0], results[1])
+  assert not np.allclose(results[0], 1.0)  # it trained
