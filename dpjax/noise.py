@@ -30,9 +30,16 @@ def tree_noise(key: jax.Array, tree: PyTree, mechanism: str) -> PyTree:
   if mechanism not in MECHANISMS:
     raise ValueError(f"mechanism={mechanism!r}: expected one of {MECHANISMS}.")
   leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(key, len(leaves))
   sample = jax.random.normal if mechanism == "gaussian" else jax.random.laplace
-  noise = [sample(k, leaf.shape, jnp.float32).astype(leaf.dtype) for k, leaf in zip(keys, leaves)]
+  # One draw for the whole tree, then cut: each generator call has a fixed cost that dominated
+  # the DP step of small models (a linear model's two leaves cost twice one draw).
+  sizes = [leaf.size for leaf in leaves]
+  flat = sample(key, (sum(sizes),), jnp.float32)
+  starts = [0]
+  for size in sizes:
+    starts.append(starts[-1] + size)
+  noise = [jax.lax.slice(flat, (start,), (start + size,)).reshape(leaf.shape).astype(leaf.dtype)
+           for start, size, leaf in zip(starts, sizes, leaves)]
   return jax.tree.unflatten(treedef, noise)
 
 
