@@ -88,7 +88,7 @@ class ClassifierConfig:
   max_per_class: int | None = None
   resize: int | None = None
   microbatch_size: int | None = None
-  per_example: str = "vmap"
+  per_example: str = "auto"  # ghost norms where the model allows (tested equal to vmap)
   data_parallel: bool = False  # shard batches over all local devices (on CPU: dpjax.devices)
 
   def __post_init__(self):
