@@ -106,6 +106,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]
 
 
+def init_mlp(key: jax.Array, num_features: int, hidden: int, num_classes: int) -> dict:
+  """A one-hidden-layer ReLU network as a plain dict: the small model of audits and CLI checks."""
+  k1, k2 = jax.random.split(key)
+  return {"w1": jax.random.normal(k1, (num_features, hidden)) / np.sqrt(num_features),
+          "b1": jnp.zeros(hidden),
+          "w2": jax.random.normal(k2, (hidden, num_classes)) / np.sqrt(hidden),
+          "b2": jnp.zeros(num_classes)}
+
+
+def mlp_logits(params: dict, x: jax.Array) -> jax.Array:
+  return jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+
+
 def logit_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """log(p_y / (1 - p_y)) computed stably: LiRA's statistic, roughly Gaussian across models."""
   true_logit = jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]

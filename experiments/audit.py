@@ -120,16 +120,9 @@ def run_canary_audit(config: Config, target_epsilon: float, bug: str) -> dict:
 
 
 def mia_model(hidden: int):
-  def init(key, num_features, num_classes):
-    k1, k2 = jax.random.split(key)
-    return {"w1": jax.random.normal(k1, (num_features, hidden)) / np.sqrt(num_features),
-            "b1": jnp.zeros(hidden),
-            "w2": jax.random.normal(k2, (hidden, num_classes)) / np.sqrt(hidden),
-            "b2": jnp.zeros(num_classes)}
-
-  def logits(params, x):
-    return jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
-  return init, logits
+  init = lambda key, num_features, num_classes: audit.init_mlp(key, num_features, hidden,
+                                                               num_classes)
+  return init, audit.mlp_logits
 
 
 def run_membership_inference(config: Config, target_epsilon: float, bug: str | None) -> dict:

@@ -30,7 +30,6 @@ from typing import Any, Callable
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np

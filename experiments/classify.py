@@ -26,7 +26,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import numpy as np
 
 from dpjax import classifier
 from dpjax import devices

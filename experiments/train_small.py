@@ -93,18 +93,13 @@ def load_data(config: Config) -> tuple[np.ndarray, np.ndarray]:
 def init_params(model: str, num_features: int, num_classes: int, key: jax.Array):
   if model == "linear":
     return {"w": jnp.zeros((num_features, num_classes)), "b": jnp.zeros(num_classes)}
-  hidden = 32
-  k1, k2 = jax.random.split(key)
-  return {"w1": jax.random.normal(k1, (num_features, hidden)) / np.sqrt(num_features),
-          "b1": jnp.zeros(hidden),
-          "w2": jax.random.normal(k2, (hidden, num_classes)) / np.sqrt(hidden),
-          "b2": jnp.zeros(num_classes)}
+  return audit.init_mlp(key, num_features, 32, num_classes)
 
 
 def logits(params, x):
   if "w" in params:
     return x @ params["w"] + params["b"]
-  return jax.nn.relu(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+  return audit.mlp_logits(params, x)
 
 
 def loss_fn(params, example):
