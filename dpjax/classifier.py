@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dpjax import accounting
 from dpjax import clipping
@@ -217,10 +218,25 @@ def _eval_batch(model: nn.Module, params, images, labels, mask):
           jnp.sum(jnp.where(mask, losses, 0.0)))
 
 
-def _padded_chunks(num: int, batch_size: int):
+def _padded_chunks(num: int, batch_size: int, multiple_of: int = 1):
   """(start, length) of each chunk; every chunk is padded to one size so one compilation serves."""
   size = max(1, min(batch_size, num))
+  size = -(-size // multiple_of) * multiple_of
   return size, [(start, min(size, num - start)) for start in range(0, num, size)]
+
+
+def _batch_placement(params):
+  """(devices, place): evaluation batches sharded over the devices `params` are replicated on.
+
+  After data-parallel training the parameters live on every device of a mesh; without this each
+  device would evaluate the whole batch (the same work twice on a CPU split in two).
+  """
+  sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.devices.size < 2 or len(mesh.axis_names) != 1:
+    return 1, lambda *arrays: arrays
+  batch = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+  return mesh.devices.size, lambda *arrays: tuple(jax.device_put(a, batch) for a in arrays)
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
@@ -230,8 +246,10 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
 def predict_logits(model: nn.Module, params, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
   """Logits (N, num_classes) of `images` (NHWC in [0, 1]), in padded batches of `batch_size`."""
   images = np.asarray(images, np.float32)
-  size, chunks = _padded_chunks(len(images), batch_size)
-  parts = [np.asarray(_logits(model, params, _pad(images[s:s + n], size)))[:n] for s, n in chunks]
+  devices, place = _batch_placement(params)
+  size, chunks = _padded_chunks(len(images), batch_size, devices)
+  parts = [np.asarray(_logits(model, params, *place(_pad(images[s:s + n], size))))[:n]
+           for s, n in chunks]
   return np.concatenate(parts) if parts else np.zeros((0, model.num_classes), np.float32)
 
 
@@ -243,12 +261,13 @@ def evaluate(model: nn.Module, params, images: np.ndarray, labels: np.ndarray,
   if len(images) != len(labels) or len(images) == 0:
     raise ValueError(f"evaluate needs as many labels as images, and at least one: got "
                      f"{len(images)} images, {len(labels)} labels.")
-  size, chunks = _padded_chunks(len(images), batch_size)
+  devices, place = _batch_placement(params)
+  size, chunks = _padded_chunks(len(images), batch_size, devices)
   correct = loss = 0.0
   for start, n in chunks:
     mask = np.arange(size) < n
-    c, l = _eval_batch(model, params, _pad(images[start:start + n], size),
-                       _pad(labels[start:start + n], size), mask)
+    c, l = _eval_batch(model, params, *place(_pad(images[start:start + n], size),
+                                             _pad(labels[start:start + n], size), mask))
     correct += float(c)
     loss += float(l)
   return {"accuracy": correct / len(images), "loss": loss / len(images)}

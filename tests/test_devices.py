@@ -48,6 +48,22 @@ SCRIPT = textwrap.dedent("""
     workdir = tempfile.mkdtemp()
     run(True, 2, workdir)
     out["resumed"] = run(True, 4, workdir)
+    import flax.linen as nn
+    from dpjax import classifier, parallel
+    class Tiny(nn.Module):
+      num_classes: int = 3
+      @nn.compact
+      def __call__(self, x):
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+    model = Tiny()
+    tiny_params = model.init(jax.random.PRNGKey(0), np.zeros((1, 4, 4, 1), np.float32))["params"]
+    images = rng.random((11, 4, 4, 1)).astype(np.float32)
+    labels = rng.integers(0, 3, 11)
+    replicated = parallel.replicate(tiny_params, parallel.data_mesh())
+    out["eval"] = [classifier.evaluate(model, p, images, labels, batch_size=5)
+                   for p in (tiny_params, replicated)]
+    out["logits"] = [classifier.predict_logits(model, p, images, batch_size=5).tolist()
+                     for p in (tiny_params, replicated)]
     try:
       devices.use_cpu_devices(3)
       out["late_change"] = "accepted"
@@ -84,6 +100,13 @@ def test_resume_on_two_devices_keeps_ledger_and_params(two_device_result):
   assert resumed["steps"] == 4
   assert resumed["epsilon"] == pytest.approx(parallel["epsilon"])
   np.testing.assert_allclose(resumed["w"], parallel["w"], rtol=1e-6, atol=1e-7)
+
+
+def test_evaluation_of_replicated_params_matches_one_device(two_device_result):
+  single, sharded = two_device_result["eval"]
+  assert sharded["accuracy"] == single["accuracy"]
+  assert sharded["loss"] == pytest.approx(single["loss"], rel=1e-6)
+  np.testing.assert_allclose(*two_device_result["logits"], rtol=1e-6, atol=1e-6)
 
 
 def test_changing_the_split_after_start_is_refused(two_device_result):
