@@ -179,6 +179,10 @@ def train_one(name: str, cfg: classifier.ClassifierConfig, dataset, workdir: str
   logging.info("%s: test accuracy %.3f, epsilon %.3g (pure %s), %.1fs", name,
                result.test_accuracy, result.epsilon, result.pure_epsilon,
                time.perf_counter() - start)
+  if len(jax.tree.leaves(result.params)[0].sharding.device_set) > 1:
+    # Trained data parallel: the explanations below run one image at a time, so one device
+    # does them instead of every device repeating the same work.
+    result = dataclasses.replace(result, params=jax.device_put(result.params, jax.devices()[0]))
   return result
 
 
