@@ -3,6 +3,7 @@ r"""Step-time benchmark of dpjax's DP-SGD step against its own non-private step 
   python -m experiments.benchmark --workload=cnn --batch_size=64 --mode=all
   python -m experiments.benchmark --workload=resnet18 --batch_size=32 --mode=all --compare=opacus --json
   python -m experiments.benchmark --workload=linear --batch_size=256 --mode=dp --per_example=ghost
+  python -m experiments.benchmark --workload=cnn --batch_size=64 --cpu_devices=2 --data_parallel
 
 For each variant (non-private; DP with per-example clipping by vmap, ghost norms, or auto) the
 jitted step is compiled once (compile time and XLA's memory estimate recorded), run `--warmup`
