@@ -1,0 +1,89 @@
+r"""Mean and spread over seeds of `classify` sweeps: one table from several workdirs.
+
+  python -m experiments.classify --workdir=runs/med_s0 --preset=medical_cnn --seed=0
+  python -m experiments.classify --workdir=runs/med_s1 --preset=medical_cnn --seed=1
+  python -m experiments.seed_table --workdirs=runs/med_s0,runs/med_s1 --output=runs/med_seeds.md
+
+Each workdir's `results.json` lists its runs; runs with the same name are the same setting at
+different seeds. Per run: test (and train) accuracy as mean +- sample standard deviation, the
+per-seed values, and the largest epsilon spent across seeds (each seed calibrates its own noise,
+so epsilons differ slightly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+
+def load_runs(workdirs: list[str]) -> dict[str, list[dict]]:
+  """Run name -> its rows, one per workdir that has it (in the order given)."""
+  runs: dict[str, list[dict]] = {}
+  for workdir in workdirs:
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: run experiments.classify with "
+                              f"--workdir={workdir} first (or drop it from --workdirs).")
+    with open(path) as f:
+      for row in json.load(f)["runs"]:
+        runs.setdefault(row["run"], []).append(row)
+  return runs
+
+
+def _mean_sd(values: list[float]) -> str:
+  if len(values) == 1:
+    return f"{100 * values[0]:.2f}"
+  return f"{100 * np.mean(values):.2f} +- {100 * np.std(values, ddof=1):.2f}"
+
+
+def _epsilon(rows: list[dict]) -> str:
+  values = [float(r["epsilon"]) for r in rows]
+  return "inf" if any(math.isinf(v) for v in values) else f"{max(values):.3f}"
+
+
+def seed_table(workdirs: list[str]) -> str:
+  """A markdown table: one line per run name, accuracies over the workdirs' seeds."""
+  runs = load_runs(workdirs)
+  lines = ["| run | seeds | test accuracy % (mean +- sd) | per seed | train accuracy % | epsilon (max) |",
+           "|---|---|---|---|---|---|"]
+  for name, rows in runs.items():
+    test = [r["test_accuracy"] for r in rows]
+    train = [r["train_accuracy"] for r in rows]
+    per_seed = ", ".join(f"{100 * v:.1f}" for v in test)
+    lines.append(f"| {name} | {len(rows)} | {_mean_sd(test)} | {per_seed} | {_mean_sd(train)} | "
+                 f"{_epsilon(rows)} |")
+  return "\n".join(lines) + "\n"
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_list("workdirs", [], "classify workdirs, one per seed.")
+  flags.DEFINE_string("output", None, "Also write the table to this file.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.workdirs:
+    raise app.UsageError("--workdirs is required (comma-separated classify workdirs).")
+  try:
+    table = seed_table(FLAGS.workdirs)
+  except (FileNotFoundError, KeyError, ValueError) as error:
+    sys.exit(f"seed_table: error: {error}")
+  if FLAGS.output:
+    pathlib.Path(FLAGS.output).write_text(table)
+  print(table)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

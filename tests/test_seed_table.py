@@ -1,0 +1,32 @@
+"""experiments.seed_table: mean and spread of classify results over seeds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import seed_table
+
+
+def _write(workdir, rows):
+  workdir.mkdir()
+  (workdir / "results.json").write_text(json.dumps({"runs": rows}))
+  return str(workdir)
+
+
+def _row(name, test, train, epsilon):
+  return {"run": name, "test_accuracy": test, "train_accuracy": train, "epsilon": epsilon}
+
+
+def test_mean_and_sample_sd_over_seeds(tmp_path):
+  a = _write(tmp_path / "s0", [_row("d/original", 0.80, 0.9, "inf"), _row("d/eps8", 0.70, 0.8, 7.9)])
+  b = _write(tmp_path / "s1", [_row("d/original", 0.90, 0.9, "inf"), _row("d/eps8", 0.60, 0.7, 8.0)])
+  table = seed_table.seed_table([a, b])
+  sd = 100 * np.std([0.8, 0.9], ddof=1)
+  assert f"| d/original | 2 | 85.00 +- {sd:.2f} | 80.0, 90.0 |" in table
+  assert "| d/eps8 | 2 | 65.00 +- 7.07 | 70.0, 60.0 | 75.00 +- 7.07 | 8.000 |" in table
+
+
+def test_missing_workdir_names_the_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match="results.json not found"):
+    seed_table.seed_table([str(tmp_path / "absent")])
