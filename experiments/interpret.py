@@ -179,7 +179,8 @@ def train_one(name: str, cfg: classifier.ClassifierConfig, dataset, workdir: str
   logging.info("%s: test accuracy %.3f, epsilon %.3g (pure %s), %.1fs", name,
                result.test_accuracy, result.epsilon, result.pure_epsilon,
                time.perf_counter() - start)
-  if len(jax.tree.leaves(result.params)[0].sharding.device_set) > 1:
+  sharding = getattr(jax.tree.leaves(result.params)[0], "sharding", None)
+  if sharding is not None and len(sharding.device_set) > 1:
     # Trained data parallel: the explanations below run one image at a time, so one device
     # does them instead of every device repeating the same work.
     result = dataclasses.replace(result, params=jax.device_put(result.params, jax.devices()[0]))
@@ -233,6 +234,8 @@ def metrics_row(result, explained: dict, extra: dict | None = None) -> dict:
     row[f"{method}_average_drop"] = scores["average_drop"]
     row[f"{method}_increase_in_confidence"] = scores["increase_in_confidence"]
     row[f"{method}_masked_score"] = scores["masked_score"]
+    row[f"{method}_cross_image_similarity"] = 100.0 * metrics.cross_image_similarity(
+        explained[method + "_maps"])
   row.update(extra or {})
   return row
 
@@ -339,7 +342,8 @@ def _write(workdir: str, name: str, text: str) -> None:
 def epsilon_table(rows: dict) -> str:
   labels = list(rows)
   keys = ["test_accuracy"] + [f"{m}_{s}" for m in gradcam.METHODS
-                              for s in ("average_drop", "increase_in_confidence", "masked_score")]
+                              for s in ("average_drop", "increase_in_confidence", "masked_score",
+                                        "cross_image_similarity")]
   body = [[key] + [rows[label].get(key, float("nan")) for label in labels] for key in keys]
   body.append(["noise_multiplier"] + [rows[label]["noise_multiplier"] for label in labels])
   return _markdown(["metric (%)"] + [f"eps={label}" for label in labels], body)

@@ -67,3 +67,16 @@ def test_topk_intersection_by_hand():
   np.testing.assert_allclose(metrics.topk_intersection(a, a, 3), [1.0])
   with pytest.raises(ValueError, match="k must be"):
     metrics.topk_intersection(a, b, 6)
+
+
+def test_cross_image_similarity_of_identical_unrelated_and_opposite_maps():
+  rng = np.random.default_rng(0)
+  base = rng.random((8, 8))
+  assert metrics.cross_image_similarity(np.stack([base] * 5)) == pytest.approx(1.0)
+  assert metrics.cross_image_similarity(np.stack([base, base.max() - base])) == pytest.approx(-1.0)
+  unrelated = rng.random((400, 8, 8))
+  assert abs(metrics.cross_image_similarity(unrelated)) < 0.01
+  # Constant maps carry no spatial information and are left out.
+  with_constant = np.stack([base, base, np.zeros((8, 8))])
+  assert metrics.cross_image_similarity(with_constant) == pytest.approx(1.0)
+  assert np.isnan(metrics.cross_image_similarity(np.stack([base])))

@@ -77,6 +77,23 @@ def score_explanations(apply_fn: Callable[[jnp.ndarray], jnp.ndarray], images: j
   return explanation_scores(np.asarray(full), np.asarray(masked))
 
 
+def cross_image_similarity(maps) -> float:
+  """Mean Pearson correlation between the maps of different images (N >= 2 maps).
+
+  1 means every image gets the same map: the explanation then says where the model looks in
+  general, not where it looks in this image. Constant maps (no variation) are left out.
+  """
+  flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+  flat = flat - flat.mean(axis=1, keepdims=True)
+  norms = np.linalg.norm(flat, axis=1)
+  flat = flat[norms > 0] / norms[norms > 0, None]
+  n = len(flat)
+  if n < 2:
+    return float("nan")
+  gram = flat @ flat.T
+  return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
+
+
 def cosine_similarity(a, b, *, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
   """Cosine of attribution vectors (flattened over `axis`, default all but the first).
 
