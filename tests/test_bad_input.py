@@ -207,21 +207,16 @@ def test_unknown_preset_name_lists_the_valid_ones():
     audit_experiment.make_config("huge")
 
 
-def test_command_line_reports_bad_flags_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("module, flag, message", [
+    ("train_small", "--learning_rate=-1",
+     "train_small: error: --learning_rate=-1.0 must be a finite number > 0."),
+    ("classify", "--cpu_devices=two",
+     "--cpu_devices='two': expected a whole number >= 0 or 'auto'."),
+])
+def test_command_line_reports_bad_flags_without_a_traceback(module, flag, message, tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.train_small", f"--workdir={tmp_path}",
-       "--learning_rate=-1"], cwd=REPO, capture_output=True, text=True, timeout=120,
-      env={**os.environ, "PYTHONPATH": str(REPO)})
+      [sys.executable, "-m", f"experiments.{module}", f"--workdir={tmp_path}", flag], cwd=REPO,
+      capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
   assert proc.returncode != 0
-  assert "train_small: error: --learning_rate=-1.0 must be a finite number > 0." in proc.stderr
-  assert "Traceback" not in proc.stderr
-
-
-def test_bad_cpu_devices_flag_is_named_without_a_traceback(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.classify", f"--workdir={tmp_path}",
-       "--cpu_devices=two"], cwd=REPO, capture_output=True, text=True, timeout=120,
-      env={**os.environ, "PYTHONPATH": str(REPO)})
-  assert proc.returncode != 0
-  assert "--cpu_devices='two': expected a whole number >= 0 or 'auto'." in proc.stderr
+  assert message in proc.stderr
   assert "Traceback" not in proc.stderr
