@@ -3,7 +3,7 @@
 XLA's CPU backend runs one program on one device and, for the small convolutions of DP image
 models, keeps only ~1.2-1.5 of 2 cores busy. Splitting the CPU into one device per core and
 sharding the batch over them (`dpjax.parallel`, `LoopConfig.data_parallel`) kept both busy and
-halved the DP step time of the CIFAR CNN on this 2-core machine (BUILD_NOTES.md, performance).
+cut the CIFAR CNN's DP step from 67 to 38 ms on this 2-core machine (BUILD_NOTES.md, performance).
 
 The split must be chosen before JAX initialises its backends, i.e. before the first computation
 or `jax.devices()` call; entry points call `use_cpu_devices` first thing in `main`.
@@ -71,6 +71,6 @@ def define_flags() -> None:
   """`--cpu_devices` and `--data_parallel`, shared by the training entry points."""
   flags.DEFINE_string("cpu_devices", "0", "Split the host CPU into this many XLA devices "
                       "('auto': one per core; 0: JAX's default). With --data_parallel the batch "
-                      "is sharded over them: about 2x faster DP steps on a 2-core CPU.")
+                      "is sharded over them: 1.75x faster DP steps of a small CNN on 2 cores.")
   flags.DEFINE_bool("data_parallel", None, "Shard each batch over all local devices (GPUs, TPU "
                     "cores, or the CPU devices of --cpu_devices).")
