@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -35,11 +36,8 @@ def tree_noise(key: jax.Array, tree: PyTree, mechanism: str) -> PyTree:
   # the DP step of small models (a linear model's two leaves cost twice one draw).
   sizes = [leaf.size for leaf in leaves]
   flat = sample(key, (sum(sizes),), jnp.float32)
-  starts = [0]
-  for size in sizes:
-    starts.append(starts[-1] + size)
-  noise = [jax.lax.slice(flat, (start,), (start + size,)).reshape(leaf.shape).astype(leaf.dtype)
-           for start, size, leaf in zip(starts, sizes, leaves)]
+  pieces = jnp.split(flat, np.cumsum(sizes)[:-1]) if leaves else []
+  noise = [piece.reshape(leaf.shape).astype(leaf.dtype) for piece, leaf in zip(pieces, leaves)]
   return jax.tree.unflatten(treedef, noise)
 
 

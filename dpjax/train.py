@@ -185,7 +185,7 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
 
   # dpjax.parallel builds on this module, so it is imported here, not at the top.
   from dpjax import parallel  # pylint: disable=g-import-not-at-top
-  mesh = _data_parallel_mesh(sampler, parallel) if loop.data_parallel else None
+  mesh = _data_parallel_mesh(sampler) if loop.data_parallel else None
   if mesh is not None:
     step_fn = (parallel.make_parallel_nonprivate_step(loss_fn, optimizer, mesh) if dp is None
                else parallel.make_parallel_dp_step(loss_fn, optimizer, dp, mesh))
@@ -282,8 +282,9 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   return TrainResult(state=state, ledger=ledger, history=history, stopped_by_budget=stopped_by_budget)
 
 
-def _data_parallel_mesh(sampler: sampling.BatchSampler, parallel):
+def _data_parallel_mesh(sampler: sampling.BatchSampler):
   """The mesh over all local devices, or None (with a log line) when there is only one."""
+  from dpjax import parallel  # pylint: disable=g-import-not-at-top  (builds on this module)
   devices = jax.local_devices()
   if len(devices) == 1:
     logging.info("data_parallel: only one device; training on it (on CPU, split the host with "
