@@ -253,6 +253,27 @@ def membership_inference(stats: np.ndarray, losses: np.ndarray, membership: np.n
   return {name: attack_metrics(np.concatenate(scores), is_member) for name, scores in pooled.items()}
 
 
+def membership_inference_scores(stats: np.ndarray, losses: np.ndarray, membership: np.ndarray
+                                ) -> dict[str, np.ndarray]:
+  """The pooled (M * N,) scores behind `membership_inference`, per attack, aligned with
+  `membership.reshape(-1)`: what `roc_curve` needs to draw each attack's curve.
+
+  These are per-example membership scores of training members: private diagnostics, not for
+  publication beside the results.
+  """
+  num_models = stats.shape[0]
+  if num_models < 3:
+    raise ValueError(f"membership inference needs at least 3 models (got {num_models}).")
+  pooled = {"loss": [], "lira_online": [], "lira_offline": []}
+  for target in range(num_models):
+    shadows = np.arange(num_models) != target
+    pooled["loss"].append(loss_attack_scores(losses[target]))
+    for online in (True, False):
+      pooled["lira_online" if online else "lira_offline"].append(
+          lira_scores(stats[target], stats[shadows], membership[shadows], online=online))
+  return {name: np.concatenate(scores) for name, scores in pooled.items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Epsilon lower bounds.
 

@@ -239,3 +239,18 @@ def test_lira_handles_an_example_no_shadow_holds():
   assert np.all(np.isfinite(scores))
   np.testing.assert_allclose(scores[1], scipy.stats.norm.logpdf(1.0, 7.0, math.sqrt(2))
                              - scipy.stats.norm.logpdf(1.0, 3.0, math.sqrt(5.5)))
+
+
+def test_membership_inference_scores_are_the_ones_behind_the_metrics():
+  rng = np.random.default_rng(3)
+  membership = audit.random_halves(3, 4, 30)
+  stats = rng.normal(size=membership.shape) + membership
+  losses = rng.exponential(size=membership.shape) * np.where(membership, 0.5, 1.0)
+  scores = audit.membership_inference_scores(stats, losses, membership)
+  expected = audit.membership_inference(stats, losses, membership)
+  assert sorted(scores) == sorted(expected)
+  for name, score in scores.items():
+    assert score.shape == (membership.size,)
+    assert audit.attack_metrics(score, membership.reshape(-1)) == expected[name]
+  with pytest.raises(ValueError, match="at least 3 models"):
+    audit.membership_inference_scores(stats[:2], losses[:2], membership[:2])
