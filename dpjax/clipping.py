@@ -177,9 +177,20 @@ def in_compute_dtype(loss_fn: LossFn, dtype) -> LossFn:
   return wrapped
 
 
+def as_float32(tree: PyTree) -> PyTree:
+  """Float leaves in float32: norms, clip factors and sums are never taken in a narrower dtype.
+
+  In bfloat16 a norm or a clip factor is off by up to 2^-8 relative and a sum of B terms drifts
+  further: one example could move the "clipped" sum by 1.75 C, voiding the sensitivity bound.
+  """
+  return jax.tree.map(lambda g: g.astype(jnp.float32) if jnp.issubdtype(g.dtype, jnp.floating) else g,
+                      tree)
+
+
 def _clip_and_sum_chunk(loss_fn, params, batch, mask, config: ClippingConfig, args):
   loss_fn = in_compute_dtype(loss_fn, config.compute_dtype)
   losses, grads = per_example_grads(loss_fn, params, batch, *args)
+  losses, grads = as_float32(losses), as_float32(grads)
   finite = _finite_per_example(grads, losses)
   keep = mask & finite
   if config.layer_clip_norms is None:
@@ -222,12 +233,26 @@ def _clip_per_layer(grads, keep, config: ClippingConfig):
   return jax.tree.unflatten(treedef, summed), total_norm, clipped
 
 
+def pad_to_multiple(batch: PyTree, mask: jax.Array, multiple: int) -> tuple[PyTree, jax.Array]:
+  """Pads a batch with masked copies of its first example up to a multiple of `multiple`.
+
+  Copies of a real example (not zeros) keep the loss finite on the padding; the mask makes them
+  contribute exactly zero.
+  """
+  extra = -mask.shape[0] % multiple
+  if not extra:
+    return batch, mask
+  pad = lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)], axis=0)
+  return jax.tree.map(pad, batch), jnp.concatenate([mask, jnp.zeros((extra,), bool)])
+
+
 def clipped_grad_sum(loss_fn: LossFn, params: PyTree, batch: PyTree, mask: jax.Array,
                      config: ClippingConfig, *args) -> tuple[PyTree, ClipMetrics]:
   """Sum over real examples of clipped per-example gradients, and the step's clip metrics.
 
-  With `config.microbatch_size` the batch is split into chunks processed one after the other;
-  the padded batch size must then be a multiple of it (`sampling.padded_batch_size` makes it so).
+  With `config.microbatch_size` the batch is split into chunks processed one after the other
+  (padded with masked examples to a multiple of the chunk when it is not one already). The sum
+  is float32 whatever the parameter or compute dtype.
   """
   batch_size = mask.shape[0]
   chunk = config.microbatch_size
@@ -238,8 +263,8 @@ def clipped_grad_sum(loss_fn: LossFn, params: PyTree, batch: PyTree, mask: jax.A
   if chunk is None or chunk >= batch_size:
     return clip_chunk(loss_fn, params, batch, mask, config, args)
   if batch_size % chunk:
-    raise ValueError(f"padded batch size {batch_size} is not a multiple of microbatch_size={chunk}; "
-                     "pad the batch to a multiple (sampling.padded_batch_size does).")
+    batch, mask = pad_to_multiple(batch, mask, chunk)
+    batch_size = mask.shape[0]
   num_chunks = batch_size // chunk
   reshape = lambda x: x.reshape((num_chunks, chunk) + x.shape[1:])
   chunks = (jax.tree.map(reshape, batch), reshape(mask))
@@ -249,7 +274,7 @@ def clipped_grad_sum(loss_fn: LossFn, params: PyTree, batch: PyTree, mask: jax.A
     summed, metrics = clip_chunk(loss_fn, params, chunk_batch, chunk_mask, config, args)
     return jax.tree.map(jnp.add, carry, (summed, metrics)), None
 
-  init_sum = jax.tree.map(jnp.zeros_like, params)
+  init_sum = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
   zero = jnp.zeros((), jnp.float32)
   init_metrics = ClipMetrics(num_examples=zero, num_clipped=zero, num_nonfinite=zero,
                              norm_sum=zero, loss_sum=zero)

@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 
 from dpjax import accounting
+from dpjax import sampling as sampling_lib
 
 FLAGS = flags.FLAGS
 
@@ -29,7 +30,7 @@ def define_flags() -> None:
   flags.DEFINE_float("noise_multiplier", None, "Noise std (or Laplace scale) / clip norm.")
   flags.DEFINE_float("target_epsilon", None, "Print the noise multiplier reaching this "
                      "epsilon instead of an epsilon.")
-  flags.DEFINE_float("epochs", None, "Passes over the data; steps = ceil(epochs / q).")
+  flags.DEFINE_float("epochs", None, "Passes over the data; steps = ceil(epochs * N / B).")
   flags.DEFINE_integer("steps", None, "Number of steps (instead of --epochs).")
   flags.DEFINE_float("delta", 1e-5, "Target delta.")
   flags.DEFINE_enum("accountant", "rdp", list(accounting.ACCOUNTANTS), "Accountant.")
@@ -58,8 +59,8 @@ def steps_for(dataset_size: int, batch_size: int, sampling: str, epochs: float |
     return steps
   if not epochs > 0:
     raise UsageError(f"--epochs={epochs} must be > 0.")
-  q = 1.0 if sampling == "full" else batch_size / dataset_size
-  return math.ceil(epochs / q - 1e-9)
+  expected = dataset_size if sampling == "full" else batch_size
+  return sampling_lib.steps_for_epochs(epochs, dataset_size, expected)
 
 
 def compute(dataset_size, batch_size, noise_multiplier, target_epsilon, epochs, steps, delta,

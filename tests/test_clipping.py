@@ -157,11 +157,16 @@ def test_microbatched_equals_unchunked(chunk):
   chex.assert_trees_all_close(m_chunked, m_whole, rtol=1e-5, atol=1e-5)
 
 
-def test_microbatch_size_must_divide_padded_batch():
+def test_microbatch_size_that_does_not_divide_the_batch_pads_with_masked_examples():
+  """A padded batch of 8 in chunks of 3 (e.g. Poisson padding 111 with microbatches of 16)."""
   params, batch = make_problem(batch=8)
-  with pytest.raises(ValueError, match="microbatch_size=3"):
-    clipping.clipped_grad_sum(mlp_loss, params, batch, jnp.ones(8, bool),
-                              clipping.ClippingConfig(0.5, microbatch_size=3))
+  mask = jnp.arange(8) < 7
+  whole, whole_metrics = clipping.clipped_grad_sum(mlp_loss, params, batch, mask,
+                                                   clipping.ClippingConfig(0.5))
+  chunked, chunked_metrics = clipping.clipped_grad_sum(
+      mlp_loss, params, batch, mask, clipping.ClippingConfig(0.5, microbatch_size=3))
+  chex.assert_trees_all_close(chunked, whole, rtol=1e-5, atol=1e-6)
+  assert float(chunked_metrics.num_examples) == float(whole_metrics.num_examples) == 7
 
 
 def test_per_layer_clipping_bounds_each_group_and_sums_to_loop():

@@ -15,6 +15,8 @@ import pytest
 
 from dpjax import clipping
 from dpjax import devices
+from dpjax import engine
+from dpjax import randomness
 from dpjax import sampling
 from dpjax import train
 
@@ -23,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     from dpjax import devices
     count = devices.use_cpu_devices(2)
     import jax, jax.numpy as jnp, numpy as np, optax
-    from dpjax import clipping, sampling, train
+    from dpjax import clipping, engine, randomness, sampling, train
 
     rng = np.random.default_rng(0)
     data = {"x": rng.normal(size=(40, 5)).astype(np.float32),
@@ -31,14 +33,15 @@ SCRIPT = textwrap.dedent("""
     params = {"w": jnp.zeros((5,)), "b": jnp.zeros(())}
     def loss_fn(p, ex):
       return (ex["x"] @ p["w"] + p["b"] - ex["y"]) ** 2
-    sampler = sampling.BatchSampler(40, 8, "poisson", seed=3, multiple_of=2)
+    sampler = sampling.BatchSampler(40, 8, "poisson", multiple_of=2)
+    secret = randomness.PrivateRandomness(secret_seed=3)
     dp = train.DPConfig(clipping.ClippingConfig(clip_norm=0.5), 1.0, 8.0)
 
     def run(parallel, steps, workdir=None):
-      loop = train.LoopConfig(num_steps=steps, workdir=workdir, data_parallel=parallel,
-                              checkpoint_every=1, log_every=1)
-      result = train.train(loss_fn, params, optax.sgd(0.1), data, sampler=sampler, dp=dp,
-                           loop=loop, noise_key=jax.random.PRNGKey(7))
+      loop = engine.LoopConfig(num_steps=steps, workdir=workdir, data_parallel=parallel,
+                               checkpoint_every=1, log_every=1)
+      result = engine.train(loss_fn, params, optax.sgd(0.1), data, sampler=sampler, dp=dp,
+                            loop=loop, randomness=secret)
       leaf = result.state.params["w"]
       return {"w": np.asarray(leaf).tolist(), "b": float(result.state.params["b"]),
               "steps": result.ledger.steps, "epsilon": result.epsilon(1e-5),
@@ -127,11 +130,12 @@ def test_auto_is_at_least_one_core():
 def test_data_parallel_on_one_device_trains_on_it():
   data = {"x": np.ones((6, 2), np.float32), "y": np.zeros((6,), np.float32)}
   loss_fn = lambda p, ex: (ex["x"] @ p - ex["y"]) ** 2
-  sampler = sampling.BatchSampler(6, 3, "poisson", seed=0)
+  sampler = sampling.BatchSampler(6, 3, "poisson")
   dp = train.DPConfig(clipping.ClippingConfig(clip_norm=1.0), 0.0, 3.0)
-  results = [train.train(loss_fn, np.ones(2, np.float32), optax.sgd(0.1), data, sampler=sampler,
-                         dp=dp, noise_key=jax.random.PRNGKey(0),
-                         loop=train.LoopConfig(num_steps=2, data_parallel=flag)).state.params
+  secret = randomness.PrivateRandomness(secret_seed=0)
+  results = [engine.train(loss_fn, np.ones(2, np.float32), optax.sgd(0.1), data, sampler=sampler,
+                          dp=dp, randomness=secret,
+                          loop=engine.LoopConfig(num_steps=2, data_parallel=flag)).state.params
              for flag in (False, True)]
   assert jax.device_count() == 1
   np.testing.assert_array_equal(results[0], results[1])

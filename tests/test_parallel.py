@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent("""
       state = jax.device_put(fresh(), jax.devices()[0])
       for _ in range(2):
         state, metrics_1 = single(state, {"x": x, "y": y}, mask)
-      step = parallel.make_parallel_dp_step(loss_fn, optimizer, config, mesh)
+      step = train.make_dp_step(loss_fn, optimizer, config, mesh)
       pstate = parallel.replicate(fresh(), mesh)
       batch, pmask = parallel.shard_batch({"x": x, "y": y}, mask, mesh)
       shards = len(batch["x"].addressable_shards)
@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent("""
       }
     nonprivate = []
     for make in (lambda: train.make_nonprivate_step(loss_fn, optimizer),
-                 lambda: parallel.make_parallel_nonprivate_step(loss_fn, optimizer, mesh)):
+                 lambda: train.make_nonprivate_step(loss_fn, optimizer, mesh)):
       state = train.init_state(jax.tree.map(jnp.copy, params), optimizer, jax.random.key(5))
       state, _ = make()(state, {"x": x, "y": y}, mask)
       nonprivate.append([a.tolist() for a in jax.tree.leaves(state.params)])
@@ -70,6 +70,19 @@ SCRIPT = textwrap.dedent("""
       parallel.shard_batch({"x": x[:6]}, mask[:6], mesh)
     except ValueError as error:
       out["indivisible_error"] = str(error)
+    try:  # a process passing more than its share of the global batch
+      parallel.shard_batch({"x": x}, mask, mesh, global_batch_size=4)
+    except ValueError as error:
+      out["oversized_share_error"] = str(error)
+    # Zero gradients: after one SGD(1) step the parameters are -noise / B; their spread must be
+    # sigma * C / B (noise once), not sqrt(devices) times it (noise on every device).
+    zero_loss = lambda p, ex: 0.0 * jnp.sum(p["w"]) * jnp.sum(ex["x"])
+    wide = {"w": jnp.zeros((20000,))}
+    config = train.DPConfig(clipping.ClippingConfig(clip_norm=2.0), 1.5, 4.0)
+    step = train.make_dp_step(zero_loss, optax.sgd(1.0), config, mesh)
+    state = parallel.replicate(train.init_state(wide, optax.sgd(1.0), jax.random.key(9)), mesh)
+    state, _ = step(state, *parallel.shard_batch({"x": x}, mask, mesh))
+    out["zero_grad_noise_std"] = float(jnp.std(state.params["w"]))
     print("RESULT" + json.dumps(out))
 """)
 
@@ -105,6 +118,15 @@ def test_noise_is_added_once(four_device_result):
 
 def test_indivisible_batch_is_refused(four_device_result):
   assert "multiple_of=4" in four_device_result["indivisible_error"]
+
+
+def test_a_process_passing_more_than_its_share_is_refused(four_device_result):
+  assert "only its share" in four_device_result["oversized_share_error"]
+
+
+def test_parallel_noise_has_the_one_device_std(four_device_result):
+  """sigma * C / B = 1.5 * 2 / 4 = 0.75; noise on each of 4 devices would give 1.5."""
+  assert four_device_result["zero_grad_noise_std"] == pytest.approx(0.75, rel=0.03)
 
 
 def test_nonprivate_four_devices_equal_one_device(four_device_result):

@@ -1,0 +1,374 @@
+"""The private training engine: the one host loop that every study runs on.
+
+It owns the whole privacy boundary of a run:
+  * secret randomness (`dpjax.randomness`): batch selection and the noise key come from the OS
+    CSPRNG unless the caller passes a `PrivateRandomness` with a secret seed;
+  * sampling at a fixed padded shape, the float32 clip-and-noise step (`dpjax.train`), with data
+    parallelism as a parameter;
+  * the privacy ledger, saved with every checkpoint so a resume counts every step;
+  * what may be released: `TrainResult.history` holds only public quantities (step, epsilon,
+    throughput from the expected batch size, the caller's evaluation on held-out data), while
+    training-batch statistics (loss, gradient norms, clipped fraction, realised batch sizes) go
+    to `TrainResult.private_history` and `<workdir>/private/metrics.jsonl`, beside the
+    checkpoint (which holds the secret noise key).
+
+`make_private` is the one-call entry: a per-example loss, parameters, an optax optimizer and
+arrays in; a calibrated private trainer out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from dpjax import accounting
+from dpjax import checkpoint
+from dpjax import clipping
+from dpjax import parallel
+from dpjax import randomness as randomness_lib
+from dpjax import report
+from dpjax import sampling
+from dpjax import train as step_lib
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """Host-side settings of `train`."""
+  num_steps: int
+  delta: float = 1e-5
+  accountant: str = "rdp"
+  max_epsilon: float | None = None
+  workdir: str | None = None
+  checkpoint_every: int = 100
+  eval_every: int = 0  # 0: only at the end
+  log_every: int = 50
+  allow_privacy_change: bool = False
+  data_on_device: bool | None = None  # None: when the data fits in 2 GB
+  # Shard each batch over all local devices; on CPU see `dpjax.devices`. The sampler's padded
+  # batch size must be a multiple of the device count.
+  data_parallel: bool = False
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: step_lib.TrainState
+  ledger: accounting.PrivacyLedger
+  history: list[dict]  # public: step, epsilon, throughput, evaluation on held-out data
+  private_history: list[dict] = dataclasses.field(default_factory=list)  # training-batch statistics
+  stopped_by_budget: bool = False
+  randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE
+  clip_norm: float | None = None
+
+  def epsilon(self, delta: float, accountant: str = "rdp") -> float:
+    return self.ledger.epsilon(delta, accountant)
+
+  def release(self, name: str, files: list[str], delta: float, accountant: str = "rdp") -> dict:
+    """The privacy-report entry of an output released from this run."""
+    return report.release_from_ledger(name, files, self.ledger, delta, accountant,
+                                      clip_norm=self.clip_norm)
+
+
+def _gatherer(data, on_device: bool):
+  if on_device:
+    device_data = jax.device_put(data)
+    take = jax.jit(lambda d, idx: jax.tree.map(lambda a: jnp.take(a, idx, axis=0), d))
+    return lambda idx: take(device_data, idx)
+  return lambda idx: jax.tree.map(lambda a: a[idx], data)
+
+
+def _nbytes(tree) -> int:
+  return sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
+
+
+def check_finite_data(data) -> None:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
+    arr = np.asarray(leaf)
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+      bad = int(np.sum(~np.isfinite(arr)))
+      raise ValueError(f"training data {jax.tree_util.keystr(path)} has {bad} NaN/Inf values; "
+                       "clean or impute them before training.")
+
+
+def _check_inputs(data, sampler: sampling.BatchSampler, dp, loop: LoopConfig) -> None:
+  check_finite_data(data)
+  sizes = {np.asarray(x).shape[0] for x in jax.tree.leaves(data)}
+  if sizes != {sampler.dataset_size}:
+    raise ValueError(f"data leaves have leading sizes {sorted(sizes)}; the sampler expects "
+                     f"{sampler.dataset_size} examples.")
+  if dp is not None and abs(dp.expected_batch_size - sampler.expected_batch_size) > 1e-9:
+    raise ValueError("DPConfig.expected_batch_size must equal the sampler's expected batch size "
+                     f"({dp.expected_batch_size} != {sampler.expected_batch_size}).")
+  if sampler.secret_seed is not None:
+    raise ValueError("the engine sets the sampler's secret seed from `randomness`: build the "
+                     "sampler without one and pass randomness=PrivateRandomness(secret_seed=...).")
+  accounting.check_delta(loop.delta)
+  if loop.delta >= 1.0 / sampler.dataset_size:
+    logging.warning("delta=%g >= 1/N=%g: such a delta allows releasing some examples outright; "
+                    "use delta well below 1/N.", loop.delta, 1.0 / sampler.dataset_size)
+
+
+def data_parallel_mesh(sampler: sampling.BatchSampler):
+  """The mesh over all local devices, or None (with a log line) when there is only one."""
+  devices = jax.local_devices()
+  if len(devices) == 1:
+    logging.info("data_parallel: only one device; training on it (on CPU, split the host with "
+                 "--cpu_devices, see dpjax.devices).")
+    return None
+  if sampler.padded_size % len(devices):
+    raise ValueError(f"data_parallel: the padded batch size {sampler.padded_size} is not a "
+                     f"multiple of the {len(devices)} devices; build the sampler with "
+                     f"multiple_of={len(devices)}.")
+  return parallel.data_mesh(devices)
+
+
+class _Records:
+  """Public and private metric histories, each also appended to its own JSON-lines file."""
+
+  def __init__(self, workdir: str | None):
+    self.public, self.private = [], []
+    self._files = {}
+    if workdir:
+      private = report.private_dir(workdir)
+      self._files = {"public": open(os.path.join(workdir, "progress.jsonl"), "a"),
+                     "private": open(os.path.join(private, "metrics.jsonl"), "a")}
+
+  def add(self, public: dict, private: dict) -> None:
+    self.public.append(public)
+    self.private.append(private)
+    for kind, entry in (("public", public), ("private", private)):
+      if kind in self._files:
+        self._files[kind].write(json.dumps(entry) + "\n")
+        self._files[kind].flush()
+
+  def close(self) -> None:
+    for f in self._files.values():
+      f.close()
+
+
+def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data: PyTree, *,
+          sampler: sampling.BatchSampler, dp: step_lib.DPConfig | None, loop: LoopConfig,
+          randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE,
+          stream: str = "model", eval_fn: Callable[[PyTree], dict] | None = None,
+          run_config: dict | None = None) -> TrainResult:
+  """Trains `params` on `data` (a pytree of host arrays with a leading example axis).
+
+  `randomness` is the source of the batch selection and the noise (OS CSPRNG by default);
+  `stream` names this model's randomness so that several models of one run (arms of a sweep)
+  never share it. `eval_fn(params)` must evaluate on held-out data only: what it returns is
+  released. With `loop.workdir`, resumes from `<workdir>/private/checkpoint.msgpack`
+  (parameters, optimizer state, secret noise key, step, privacy ledger) and checkpoints
+  atomically every `loop.checkpoint_every` steps and at the end. `dp=None` trains without
+  privacy (epsilon inf).
+  """
+  _check_inputs(data, sampler, dp, loop)
+  sampler = dataclasses.replace(sampler, secret_seed=randomness.sampling_seed(stream))
+  mesh = data_parallel_mesh(sampler) if loop.data_parallel else None
+  step_fn = (step_lib.make_nonprivate_step(loss_fn, optimizer, mesh) if dp is None
+             else step_lib.make_dp_step(loss_fn, optimizer, dp, mesh))
+  phase = (sampler.privacy_phase(0.0) if dp is None
+           else sampler.privacy_phase(dp.noise_multiplier, dp.mechanism))
+
+  # The step donates its state: copy, so that the caller's `params` stay usable.
+  state = step_lib.init_state(jax.tree.map(jnp.copy, params), optimizer,
+                              randomness.key(stream, "noise"))
+  ledger = accounting.PrivacyLedger()
+  private = report.private_dir(loop.workdir) if loop.workdir else None
+  if private:
+    restored = checkpoint.restore(private, state)
+    if restored is not None:
+      state, meta = restored
+      ledger = accounting.PrivacyLedger.from_dict(meta["ledger"])
+      if meta.get("secure_randomness", True) != randomness.secure:
+        raise ValueError("the checkpoint was written with a different source of private "
+                         "randomness (--reproducible_private_randomness differs); resume with "
+                         "the original setting or start a new workdir.")
+      logging.info("resumed from %s at step %d (%d steps in the ledger)",
+                   checkpoint.path(private), int(state.step), ledger.steps)
+  ledger.begin(phase, allow_change=loop.allow_privacy_change)
+
+  on_device = loop.data_on_device
+  if on_device is None:
+    on_device = _nbytes(data) < 2 * 1024 ** 3
+  if mesh is None:
+    gather = _gatherer(data, on_device)
+    place = lambda indices, mask: (gather(indices), jnp.asarray(mask))
+  else:
+    state = parallel.replicate(state, mesh)
+    gather = _gatherer(data, on_device=False)
+    share = parallel.process_share(sampler.padded_size)
+    place = lambda indices, mask: parallel.shard_batch(
+        gather(indices[share]), mask[share], mesh, global_batch_size=sampler.padded_size)
+
+  budget_steps = None
+  if loop.max_epsilon is not None and dp is not None:
+    budget_steps = steps_within_budget(ledger, loop.max_epsilon, loop.delta, loop.accountant,
+                                       loop.num_steps)
+  records = _Records(loop.workdir)
+
+  def save():
+    if private:
+      checkpoint.save(private, state, {"ledger": ledger.to_dict(), "config": run_config or {},
+                                       "secure_randomness": randomness.secure})
+
+  def epsilon_now():
+    return ledger.epsilon(loop.delta, loop.accountant) if dp is not None else math.inf
+
+  stopped_by_budget = False
+  start_step = int(state.step)
+  window_start, window_steps = time.perf_counter(), 0
+  try:
+    for t in range(start_step, loop.num_steps):
+      if budget_steps is not None and t - start_step >= budget_steps:
+        stopped_by_budget = True
+        # Steps are numbered from 1 in the logs: t steps are done, step t + 1 is refused.
+        logging.warning("stopping before step %d: it would take epsilon past --max_epsilon=%g "
+                        "(spent %.4f at delta=%g).", t + 1, loop.max_epsilon, epsilon_now(),
+                        loop.delta)
+        break
+      batch = sampler.batch(t)
+      state, metrics = step_fn(state, *place(batch.indices, batch.mask))
+      ledger.record(1)
+      window_steps += 1
+      done = t + 1
+      is_last = done == loop.num_steps
+      is_eval = eval_fn is not None and (is_last or (loop.eval_every and done % loop.eval_every == 0))
+      if is_last or is_eval or (loop.log_every and done % loop.log_every == 0):
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if not math.isfinite(metrics["loss"]):
+          raise FloatingPointError(f"step {done}: the loss is {metrics['loss']}; stopping instead "
+                                   "of training on (lower the learning rate).")
+        elapsed = time.perf_counter() - window_start
+        # Throughput from the expected batch size: the realised sizes are private.
+        public = {"step": done, "epsilon": epsilon_now(),
+                  "examples_per_sec": window_steps * sampler.expected_batch_size / max(elapsed, 1e-9)}
+        if is_eval:
+          public.update(eval_fn(state.params))
+        records.add(public, {"step": done, **metrics})
+        logging.info("step %d/%d %s | private: loss=%.4g", done, loop.num_steps,
+                     " ".join(f"{k}={v:.4g}" for k, v in public.items() if k != "step"),
+                     metrics["loss"])
+        window_start, window_steps = time.perf_counter(), 0  # evaluation time is not training time
+      if private and (done % loop.checkpoint_every == 0):
+        save()
+  finally:
+    records.close()
+  save()
+  return TrainResult(state=state, ledger=ledger, history=records.public,
+                     private_history=records.private, stopped_by_budget=stopped_by_budget,
+                     randomness=randomness,
+                     clip_norm=None if dp is None else dp.clipping.sensitivity)
+
+
+def steps_within_budget(ledger: accounting.PrivacyLedger, max_epsilon: float, delta: float,
+                        accountant: str, limit: int) -> int:
+  """How many more steps of the current phase keep epsilon <= max_epsilon (at most `limit`)."""
+  if ledger.epsilon(delta, accountant, extra_steps=limit) <= max_epsilon:
+    return limit
+  lo, hi = 0, limit  # eps(lo) <= max < eps(hi)
+  if ledger.steps and ledger.epsilon(delta, accountant) > max_epsilon:
+    return 0
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if ledger.epsilon(delta, accountant, extra_steps=mid) <= max_epsilon:
+      lo = mid
+    else:
+      hi = mid
+  return lo
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivateTrainer:
+  """A calibrated private training run, ready to `train()`: what `make_private` returns."""
+  loss_fn: Callable
+  params: PyTree
+  optimizer: optax.GradientTransformation
+  data: PyTree
+  sampler: sampling.BatchSampler
+  dp: step_lib.DPConfig
+  loop: LoopConfig
+  randomness: randomness_lib.PrivateRandomness
+
+  @property
+  def noise_multiplier(self) -> float:
+    return self.dp.noise_multiplier
+
+  @property
+  def num_steps(self) -> int:
+    return self.loop.num_steps
+
+  @property
+  def epsilon(self) -> float:
+    """The epsilon the full run will have spent (at `loop.delta`)."""
+    phase = self.sampler.privacy_phase(self.dp.noise_multiplier, self.dp.mechanism)
+    return accounting.compute_epsilon([phase.with_steps(self.loop.num_steps)], self.loop.delta,
+                                      self.loop.accountant)
+
+  def train(self, eval_fn: Callable[[PyTree], dict] | None = None) -> TrainResult:
+    """Runs the training; with a workdir also writes `privacy_report.{json,md}` there."""
+    result = train(self.loss_fn, self.params, self.optimizer, self.data, sampler=self.sampler,
+                   dp=self.dp, loop=self.loop, randomness=self.randomness, eval_fn=eval_fn)
+    if self.loop.workdir:
+      release = result.release("trained parameters (returned to the caller)", [],
+                               self.loop.delta, self.loop.accountant)
+      report.write_privacy_report(self.loop.workdir, [release], self.randomness)
+    return result
+
+
+def make_private(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data: PyTree, *,
+                 clip_norm: float, batch_size: int, delta: float,
+                 noise_multiplier: float | None = None, target_epsilon: float | None = None,
+                 epochs: float | None = None, steps: int | None = None,
+                 accountant: str = "rdp", sampling_method: str = "poisson", norm: str = "l2",
+                 per_example: str = "auto", microbatch_size: int | None = None,
+                 compute_dtype: str | None = None, data_parallel: bool = False,
+                 randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE,
+                 workdir: str | None = None, max_epsilon: float | None = None,
+                 **loop_options) -> PrivateTrainer:
+  """A private trainer for `loss_fn(params, example) -> scalar` over `data`, in one call.
+
+  Give exactly one of `noise_multiplier` and `target_epsilon` (then the noise is calibrated for
+  the run's length at `delta`), and one of `epochs` and `steps`. `batch_size` is the expected
+  batch size (Poisson sampling with rate batch_size / N); the noisy gradient is divided by it.
+  Speed-only options (`per_example`, `microbatch_size`, `compute_dtype`, `data_parallel`) never
+  change the guarantee.
+
+    trainer = dpjax.make_private(loss_fn, params, optax.adam(1e-3), (x, y), clip_norm=1.0,
+                                 target_epsilon=3.0, delta=1e-5, batch_size=256, epochs=10)
+    result = trainer.train()
+  """
+  if (noise_multiplier is None) == (target_epsilon is None):
+    raise ValueError("give exactly one of noise_multiplier and target_epsilon.")
+  if (epochs is None) == (steps is None):
+    raise ValueError("give exactly one of epochs and steps.")
+  dataset_size = {np.shape(x)[0] for x in jax.tree.leaves(data)}
+  if len(dataset_size) != 1:
+    raise ValueError(f"data leaves have different leading sizes {sorted(dataset_size)}.")
+  dataset_size = dataset_size.pop()
+  multiple_of = jax.local_device_count() if data_parallel else 1
+  sampler = sampling.BatchSampler(dataset_size, batch_size, sampling_method, multiple_of=multiple_of)
+  num_steps = sampler.steps_for_epochs(epochs) if steps is None else int(steps)
+  if num_steps < 1:
+    raise ValueError(f"steps={steps} must be >= 1.")
+  mechanism = "gaussian" if norm == "l2" else "laplace"
+  if noise_multiplier is None:
+    phase = sampler.privacy_phase(1.0, mechanism).with_steps(num_steps)
+    noise_multiplier = accounting.calibrate_noise_multiplier(target_epsilon, delta, phase, accountant)
+  clip = clipping.ClippingConfig(clip_norm=clip_norm, norm=norm, method=per_example,
+                                 microbatch_size=microbatch_size, compute_dtype=compute_dtype)
+  dp = step_lib.DPConfig(clip, noise_multiplier, sampler.expected_batch_size)
+  loop = LoopConfig(num_steps=num_steps, delta=delta, accountant=accountant, workdir=workdir,
+                    data_parallel=data_parallel, max_epsilon=max_epsilon, **loop_options)
+  return PrivateTrainer(loss_fn=loss_fn, params=params, optimizer=optimizer, data=data,
+                        sampler=sampler, dp=dp, loop=loop, randomness=randomness)

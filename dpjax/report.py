@@ -1,0 +1,159 @@
+"""What a run releases, what covers it, and what stays private.
+
+Every workdir separates released outputs (parameters, DP-computed quantities, synthetic data,
+evaluation on held-out data, plots of those) from private diagnostics (training loss, gradient
+norms, clipped fraction, realised batch sizes, training accuracy, seeds and keys, data-derived
+statistics), which live under `<workdir>/private/` and never in `results.json` or a table.
+
+`write_privacy_report` writes `privacy_report.json` and `privacy_report.md`: for each release its
+epsilon, delta, accountant, mechanism, sampling, steps and phases, noise multiplier and clip norm;
+the source of the secret randomness; the files covered; and a plain list of what the guarantee
+does not cover. It is what a researcher attaches to a paper beside the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Sequence
+
+from dpjax import accounting
+from dpjax import randomness as randomness_lib
+
+PRIVATE_DIR = "private"
+REPORT_JSON = "privacy_report.json"
+REPORT_MD = "privacy_report.md"
+
+ALWAYS_NOT_COVERED = (
+    f"the files under {PRIVATE_DIR}/ (training statistics, checkpoints with the secret noise key, "
+    "seeds): private diagnostics, never to be released",
+)
+
+
+def private_dir(workdir: str) -> str:
+  """`<workdir>/private`, created: where private diagnostics and secrets go."""
+  path = os.path.join(workdir, PRIVATE_DIR)
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def _finite(x):
+  return x if isinstance(x, (int, str)) or (isinstance(x, float) and math.isfinite(x)) else str(x)
+
+
+def release_from_ledger(name: str, files: Sequence[str], ledger: accounting.PrivacyLedger,
+                        delta: float, accountant: str = "rdp", *, clip_norm: float | None = None,
+                        unit: str = "example") -> dict:
+  """The report entry of an output released from a DP-SGD (or Laplace) training run."""
+  phases = [dataclasses.asdict(p) for p in ledger.phases]
+  last = ledger.current
+  if last is None or last.noise_multiplier == 0:
+    epsilon = math.inf if ledger.steps else 0.0
+  elif last.mechanism == "laplace" and all(p.mechanism == "laplace" for p in ledger.phases):
+    epsilon = accounting.pure_epsilon(ledger.phases)
+    if accountant == "pld":
+      epsilon = min(epsilon, ledger.epsilon(delta, "pld"))
+  else:
+    epsilon = ledger.epsilon(delta, accountant)
+  return {
+      "name": name, "files": list(files), "unit": unit,
+      "epsilon": _finite(epsilon), "delta": delta, "accountant": accountant,
+      "mechanism": "none (non-private)" if last is None or last.noise_multiplier == 0
+                   else f"DP-SGD, {last.mechanism} noise",
+      "sampling": None if last is None else last.sampling,
+      "steps": ledger.steps, "phases": phases,
+      "noise_multiplier": None if last is None else last.noise_multiplier,
+      "clip_norm": clip_norm,
+      "_ledger": ledger.to_dict(),
+  }
+
+
+def release(name: str, files: Sequence[str], *, epsilon: float, delta: float, mechanism: str,
+            unit: str = "example", **details) -> dict:
+  """A report entry for a mechanism other than a training run (AdaSSP, local DP, a histogram)."""
+  return {"name": name, "files": list(files), "unit": unit, "epsilon": _finite(epsilon),
+          "delta": delta, "mechanism": mechanism, **details}
+
+
+def _composed_epsilon(releases: Sequence[dict], delta: float, accountant: str) -> float | None:
+  """Epsilon of releasing every training-run output together (their ledgers composed)."""
+  phases = []
+  for r in releases:
+    if "_ledger" not in r:
+      return None
+    phases += accounting.PrivacyLedger.from_dict(r["_ledger"]).phases
+  try:
+    return accounting.compute_epsilon(phases, delta, accountant)
+  except ValueError:
+    return None
+
+
+def write_privacy_report(workdir: str, releases: Sequence[dict],
+                         randomness: randomness_lib.PrivateRandomness,
+                         not_covered: Sequence[str] = (), unit: str = "example",
+                         notes: Sequence[str] = ()) -> tuple[str, str]:
+  """Writes `privacy_report.json` and `.md` into `workdir`; returns their paths."""
+  os.makedirs(workdir, exist_ok=True)
+  releases = [dict(r) for r in releases]
+  report = {
+      "unit": unit,
+      "adjacency": f"add or remove one {unit}" if unit != "example" else
+                   "add or remove one example (replace-one for fixed-size sampling)",
+      **randomness.describe(),
+      "releases": [{k: v for k, v in r.items() if not k.startswith("_")} for r in releases],
+      "not_covered": list(not_covered) + list(ALWAYS_NOT_COVERED),
+      "notes": list(notes),
+  }
+  if len(releases) == 1:
+    single = report["releases"][0]
+    for key in ("epsilon", "delta", "accountant", "mechanism", "sampling", "steps", "phases",
+                "noise_multiplier", "clip_norm", "files"):
+      if key in single:
+        report[key] = single[key]
+  elif releases:
+    delta = max(r["delta"] for r in releases if r.get("delta") is not None) if any(
+        r.get("delta") is not None for r in releases) else None
+    accountant = releases[0].get("accountant", "rdp")
+    together = _composed_epsilon(releases, delta, accountant) if delta else None
+    report["epsilon_all_releases_together"] = None if together is None else _finite(together)
+    report["notes"].append(
+        "each release's epsilon holds for that output alone; publishing several outputs "
+        "trained on the same data composes their costs"
+        + ("" if together is None else f" (all of them together: epsilon {together:.4g} at "
+                                       f"delta {delta:g}, {accountant})"))
+  json_path = os.path.join(workdir, REPORT_JSON)
+  md_path = os.path.join(workdir, REPORT_MD)
+  _atomic_write(json_path, json.dumps(report, indent=2, default=_finite) + "\n")
+  _atomic_write(md_path, markdown(report))
+  return json_path, md_path
+
+
+def markdown(report: dict) -> str:
+  lines = ["# Privacy report", "",
+           f"Unit of privacy: one {report['unit']}; adjacency: {report['adjacency']}.", "",
+           f"Secret randomness: {report['source']}."]
+  if "condition" in report:
+    lines.append(f"**Condition:** {report['condition']}.")
+  lines += ["", "| release | epsilon | delta | mechanism | accountant | sampling | steps | "
+                "noise multiplier | clip norm | files |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in report["releases"]:
+    eps = r.get("epsilon")
+    eps = f"{eps:.4g}" if isinstance(eps, float) else str(eps)
+    lines.append("| " + " | ".join(str(x) for x in (
+        r["name"], eps, r.get("delta"), r.get("mechanism"), r.get("accountant", ""),
+        r.get("sampling", ""), r.get("steps", ""), r.get("noise_multiplier", ""),
+        r.get("clip_norm", ""), ", ".join(r.get("files", [])))) + " |")
+  lines += ["", "## Not covered by the guarantee", ""]
+  lines += [f"- {item}" for item in report["not_covered"]]
+  if report.get("notes"):
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+  return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
