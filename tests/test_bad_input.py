@@ -13,6 +13,7 @@ import pytest
 
 from dpjax import checkpoint
 from dpjax import clipping
+from dpjax import engine
 from dpjax import sampling
 from dpjax import train
 from dpjax.data import paths
@@ -60,9 +61,8 @@ def test_core_loop_refuses_data_leaves_of_different_lengths():
   sampler = sampling.BatchSampler(10, 2)
   dp = train.DPConfig(clipping.ClippingConfig(1.0), 1.0, 2.0)
   with pytest.raises(ValueError, match=r"leading sizes \[9, 10\]"):
-    train.train(lambda p, e: 0.0, {"w": np.zeros(2)}, optax.sgd(0.1), (np.zeros((10, 2)), np.zeros(9)),
-                sampler=sampler, dp=dp, loop=train.LoopConfig(num_steps=1),
-                noise_key=jax.random.PRNGKey(0))
+    engine.train(lambda p, e: 0.0, {"w": np.zeros(2)}, optax.sgd(0.1), (np.zeros((10, 2)), np.zeros(9)),
+                 sampler=sampler, dp=dp, loop=engine.LoopConfig(num_steps=1))
 
 
 # ----------------------------------------------------------------------------- values
@@ -74,7 +74,7 @@ def test_nan_and_inf_in_data_are_counted(tmp_path):
   with pytest.raises(ValueError, match="2 NaN/Inf values"):
     validate.check_classification_data(x, np.zeros(20, np.int32))
   with pytest.raises(ValueError, match=r"training data .* has 2 NaN/Inf values"):  # the core loop too
-    train.check_finite_data((x, np.zeros(20)))
+    engine.check_finite_data((x, np.zeros(20)))
   path = save_npz(tmp_path / "nan.npz", x=x, y=np.zeros(20, np.int32))
   with pytest.raises(ValueError, match="nan.npz: features hold 2 NaN/Inf"):
     train_small.train_and_evaluate(small(data=path), str(tmp_path / "w"))
