@@ -1,10 +1,25 @@
-"""Local differential privacy on images: Laplace noise added to the pixels before they are shared.
+"""Local differential privacy on labelled images: Laplace noise on the pixels, randomised
+response on the label, both applied before the records are shared.
 
-With pixels in [0, pixel_range] and Laplace noise of scale beta on each pixel independently,
-each pixel is released with epsilon = pixel_range / beta. A whole image of d pixels is then
-(d * pixel_range / beta)-DP by basic composition (equivalently, its L1 sensitivity is
-d * pixel_range). For 28x28x3 images and beta = 1 that is epsilon = 2,352 per image: a guarantee
-in name only. Report both numbers; never present the per-pixel epsilon as the image's.
+Pixels. With pixels in [0, pixel_range] and Laplace noise of scale beta on each pixel
+independently, each pixel is released with epsilon = pixel_range / beta. A whole image of d
+pixels is then (d * pixel_range / beta)-DP by basic composition (equivalently, its L1
+sensitivity is d * pixel_range). For 28x28x3 images and beta = 1 that is epsilon = 2,352 per
+image: a guarantee in name only. Report both numbers; never present the per-pixel epsilon as the
+image's.
+
+Labels. A record is (image, label). k-ary randomised response keeps the true label with
+probability e^eps / (e^eps + k - 1) and otherwise reports one of the k - 1 OTHER labels
+uniformly at random, which is eps-DP for the label. The record's epsilon is then
+image epsilon + label epsilon (basic composition; `record_epsilon`). Labels may instead be left
+in clear (`label_epsilon=None`): the record is then NOT protected (its label is released
+exactly, per-record epsilon infinite) and `LABELS_IN_CLEAR` says so for the privacy report.
+
+Randomness. Every function takes the JAX key as an argument. For a real release that key must
+be secret and unpredictable: draw it with `secret_key()` (from the OS), never from a seed
+stored in a config. Example i of a split gets its noise from `fold_in(split_key, i)`: one
+independent stream per example, so noise is independent across images and across pixels and
+does not depend on how the data are chunked.
 """
 
 from __future__ import annotations
@@ -12,8 +27,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import pathlib
+import secrets
 from collections.abc import Sequence
 
 import jax
@@ -23,20 +40,77 @@ import numpy as np
 from dpjax.data import images as images_lib
 
 
+LABELS_IN_CLEAR = (
+    "local DP: labels released in clear (no randomised response), so the label of every "
+    "training record is NOT covered by the local-DP guarantee; only the image pixels are "
+    "perturbed (per-record epsilon is infinite)")
+
+
+def secret_key(*, typed: bool = False) -> jax.Array:
+  """A JAX PRNG key from the operating system's randomness (`secrets`), for real releases.
+
+  A key derived from a seed in a config or a log can be recomputed by anyone who reads it, and
+  the noise subtracted; the local-DP noise key must be unpredictable. Returns a raw uint32 key
+  (like `jax.random.PRNGKey`) by default, a typed key (like `jax.random.key`) when `typed`.
+  Never log or store it.
+  """
+  shape = jax.random.key_data(jax.random.key(0)).shape  # the default PRNG's key layout
+  words = np.frombuffer(secrets.token_bytes(4 * int(np.prod(shape))), np.uint32).reshape(shape)
+  key = jax.random.wrap_key_data(jnp.asarray(words))
+  return key if typed else jax.random.key_data(key)
+
+
+def record_epsilon(image_epsilon: float, label_epsilon: float | None) -> float:
+  """Epsilon of one (image, label) record: image + label epsilon (basic composition).
+
+  `label_epsilon=None` means the label is released in clear: the record is not protected and
+  its epsilon is infinite (see LABELS_IN_CLEAR).
+  """
+  if label_epsilon is None:
+    return math.inf
+  if not label_epsilon >= 0 or not image_epsilon >= 0:
+    raise ValueError(f"epsilons must be >= 0, got image {image_epsilon}, label {label_epsilon}")
+  return float(image_epsilon) + float(label_epsilon)
+
+
 @dataclasses.dataclass(frozen=True)
 class LdpEpsilon:
-  """Epsilon of the per-pixel Laplace mechanism: per pixel, and per image by basic composition."""
+  """Epsilon of local DP on a record: per pixel, per image (basic composition), per label
+  (randomised response, None when labels are in clear) and per record (image + label)."""
   per_pixel: float
   per_image: float
   num_pixels: int
+  per_label: float | None = None  # None: labels released in clear, NOT covered
+  num_classes: int | None = None
+
+  @property
+  def labels_covered(self) -> bool:
+    return self.per_label is not None
+
+  @property
+  def per_record(self) -> float:
+    """Image + label epsilon; infinite when labels are in clear."""
+    return record_epsilon(self.per_image, self.per_label)
+
+  @property
+  def not_covered(self) -> tuple[str, ...]:
+    """What of the record the local-DP guarantee does not cover, for the privacy report."""
+    return () if self.labels_covered else (LABELS_IN_CLEAR,)
 
   def describe(self) -> str:
-    return (f"epsilon {self.per_pixel:g} per pixel; {self.per_image:g} per image of "
-            f"{self.num_pixels} pixels (basic composition: a weak image-level guarantee)")
+    image = (f"epsilon {self.per_pixel:g} per pixel; {self.per_image:g} per image of "
+             f"{self.num_pixels} pixels (basic composition: a weak image-level guarantee)")
+    if not self.labels_covered:
+      return f"{image}; labels in clear (NOT covered: per-record epsilon inf)"
+    return (f"{image}; {self.per_label:g} per label (randomised response over "
+            f"{self.num_classes} classes); {self.per_record:g} per record (image + label)")
 
 
-def ldp_epsilon(scale: float, pixel_range: float = 1.0, num_pixels: int = 1) -> LdpEpsilon:
-  """Epsilon of adding Laplace(0, `scale`) to each of `num_pixels` values in [0, `pixel_range`].
+def ldp_epsilon(scale: float, pixel_range: float = 1.0, num_pixels: int = 1, *,
+                label_epsilon: float | None = None,
+                num_classes: int | None = None) -> LdpEpsilon:
+  """Epsilon of adding Laplace(0, `scale`) to each of `num_pixels` values in [0, `pixel_range`],
+  and of randomised response with `label_epsilon` on the label (None: labels in clear).
 
   `num_pixels` counts every value of one image (H * W * C).
   """
@@ -46,9 +120,64 @@ def ldp_epsilon(scale: float, pixel_range: float = 1.0, num_pixels: int = 1) -> 
     raise ValueError(f"pixel_range must be > 0, got {pixel_range}")
   if num_pixels < 1:
     raise ValueError(f"num_pixels must be >= 1, got {num_pixels}")
+  if label_epsilon is not None:
+    rr_keep_probability(label_epsilon, num_classes)  # validates both
   per_pixel = pixel_range / scale
   return LdpEpsilon(per_pixel=per_pixel, per_image=num_pixels * per_pixel,
-                    num_pixels=int(num_pixels))
+                    num_pixels=int(num_pixels),
+                    per_label=None if label_epsilon is None else float(label_epsilon),
+                    num_classes=None if num_classes is None else int(num_classes))
+
+
+# --------------------------------------------------------------------- labels: randomised response
+
+
+def rr_keep_probability(epsilon: float, num_classes: int) -> float:
+  """P(k-ary randomised response reports the true label) = e^eps / (e^eps + k - 1)."""
+  if num_classes is None or int(num_classes) != num_classes or num_classes < 2:
+    raise ValueError(f"randomised response needs num_classes >= 2, got {num_classes}")
+  if not 0 <= epsilon < math.inf:
+    raise ValueError(f"label epsilon must be finite and >= 0, got {epsilon} (labels in clear: "
+                     "pass label_epsilon=None, which is reported as not covered)")
+  return 1.0 / (1.0 + (num_classes - 1) * math.exp(-epsilon))  # stable form of the above
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _rr_examples(key, first_index, labels, num_classes, keep_probability):
+  """Example `first_index + i` draws from `fold_in(key, first_index + i)`."""
+  def one(index, label):
+    keep_key, other_key = jax.random.split(jax.random.fold_in(key, index))
+    keep = jax.random.uniform(keep_key) < keep_probability
+    # label + U{1..k-1} mod k: uniform over the k - 1 labels other than the true one.
+    other = (label + jax.random.randint(other_key, (), 1, num_classes)) % num_classes
+    return jnp.where(keep, label, other)
+  indices = first_index + jnp.arange(labels.shape[0])
+  return jax.vmap(one)(indices, labels)
+
+
+def randomized_response(key: jax.Array, labels: np.ndarray, num_classes: int, epsilon: float, *,
+                        first_index: int = 0) -> np.ndarray:
+  """k-ary randomised response on integer labels in [0, num_classes): epsilon-DP per label.
+
+  Each label is kept with probability e^eps / (e^eps + k - 1), else replaced by one of the
+  k - 1 other labels uniformly at random. Label i draws from `fold_in(key, first_index + i)`,
+  so draws are independent across labels. Returns int32 labels.
+  """
+  keep_probability = rr_keep_probability(epsilon, num_classes)
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, "
+                     f"{labels.max()}]")
+  if labels.size == 0:
+    return labels.astype(np.int32)
+  noisy = _rr_examples(key, first_index, jnp.asarray(labels, jnp.int32), int(num_classes),
+                       jnp.float32(keep_probability))
+  return np.asarray(noisy, np.int32)
+
+
+# --------------------------------------------------------------------------------- pixels
 
 
 def laplace_perturb(key: jax.Array, images: jnp.ndarray, scale: float, *,
@@ -97,16 +226,30 @@ def _perturb_examples(key, first_index, images, scale, clip, shared_scalar):
 
 
 def perturb_dataset(key: jax.Array, dataset: images_lib.ImageDataset, scale: float, *,
+                    label_epsilon: float | None = None,
                     clip: bool = False, perturb_test: bool = False,
                     shared_scalar: bool = False,
                     chunk: int = 4096) -> images_lib.ImageDataset:
-  """The dataset with its training images perturbed, as each data owner would before sharing.
+  """The dataset with its training records perturbed, as each data owner would before sharing.
 
-  Test images stay clean unless `perturb_test` (the studies evaluate on clean data). Example i
-  of a split gets noise from `fold_in(split_key, i)`, so the result depends on `key` only, not
-  on `chunk` (the number of images perturbed per device call, which bounds memory).
+  Training images get Laplace(0, `scale`) noise on every pixel. Training labels get k-ary
+  randomised response with `label_epsilon` (k = dataset.num_classes); with
+  `label_epsilon=None` they are left in clear, which `ldp_epsilon(..., label_epsilon=None)`
+  reports as NOT covered (LABELS_IN_CLEAR). Report the guarantee with
+  `ldp_epsilon(scale, num_pixels=..., label_epsilon=label_epsilon, num_classes=...)`.
+
+  `key` must be secret for a real release (`secret_key()`). Test images stay clean unless
+  `perturb_test` (the studies evaluate on clean data); validation and test labels are never
+  perturbed, so accuracy is measured against the true labels. Example i of a split gets its
+  noise from `fold_in(split_key, i)`, so the result depends on `key` only, not on `chunk` (the
+  number of images perturbed per device call, which bounds memory).
   `shared_scalar=True` selects the reproduction-only mechanism (see SHARED_SCALAR_CAVEAT).
   """
+  if label_epsilon is not None:
+    rr_keep_probability(label_epsilon, dataset.num_classes)  # validate before any work
+  else:
+    logging.warning(LABELS_IN_CLEAR)
+
   def perturb_split(split_key, split_images):
     size = min(chunk, len(split_images))
     parts = []
@@ -118,9 +261,16 @@ def perturb_dataset(key: jax.Array, dataset: images_lib.ImageDataset, scale: flo
       parts.append(np.asarray(noisy)[:len(block)])
     return np.concatenate(parts) if parts else split_images
 
-  train_key, val_key, test_key = jax.random.split(key, 3)
+  # Independent streams: pixels of each split, and the training labels.
+  image_key, label_key = jax.random.split(key)
+  train_key, val_key, test_key = jax.random.split(image_key, 3)
+  labels_tag = "labels clear" if label_epsilon is None else f"label_eps={label_epsilon:g}"
   changes = {"train_images": perturb_split(train_key, dataset.train_images),
-             "name": f"{dataset.name}+ldp(beta={scale:g}{', shared' if shared_scalar else ''})"}
+             "name": f"{dataset.name}+ldp(beta={scale:g}, {labels_tag}"
+                     f"{', shared' if shared_scalar else ''})"}
+  if label_epsilon is not None:
+    changes["train_labels"] = randomized_response(label_key, dataset.train_labels,
+                                                  dataset.num_classes, label_epsilon)
   if perturb_test:
     changes["test_images"] = perturb_split(test_key, dataset.test_images)
     if dataset.val_images is not None:

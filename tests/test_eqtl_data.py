@@ -109,16 +109,145 @@ def test_make_eqtl_data_simulated_is_reproducible_and_held_out_r2_near_h2():
   assert data.x_train.dtype == np.float32 and data.y_test.dtype == np.float32
   model = linear_model.LinearRegression().fit(data.x_train, data.y_train)
   assert model.score(data.x_test, data.y_test) == pytest.approx(0.6, abs=0.05)
-  assert "h2=0.6" in data.description and "train_freq" in data.description
+  assert "h2=0.6" in data.description and "public_freq" in data.description
+  assert data.metadata["standardization"] == "public_freq" and data.not_covered == ()
 
 
-@pytest.mark.parametrize("standardization", ["public_freq", "centered"])
+def _with_one_training_row_changed(genotypes, train):
+  """A copy with one training sample's genotype row replaced (a neighbouring data set)."""
+  changed = np.array(genotypes, copy=True)
+  changed[train[0]] = 2 - changed[train[0]]  # flip every call of that sample: 0 <-> 2
+  assert not np.array_equal(changed, genotypes)
+  return changed
+
+
+@pytest.mark.parametrize("standardization", ["public", "public_freq", "centered"])
 def test_privacy_free_standardisations(standardization):
+  """Public statistics are UNCHANGED when one training record changes."""
   data = eqtl.make_eqtl_data("simulated", n=200, p=10, seed=0, standardization=standardization)
+  assert data.not_covered == () and np.all(np.isfinite(data.x_train))
+  _, maf = eqtl.simulate_genotypes(
+      np.random.default_rng(np.random.SeedSequence(0).spawn(4)[0]), 200, 10)
+  center, scale = data.metadata["genotype_center"], data.metadata["genotype_scale"]
   if standardization == "centered":
     assert set(np.unique(data.x_train)) <= {-1.0, 0.0, 1.0}
-  else:
-    assert np.all(np.isfinite(data.x_train))
+    np.testing.assert_array_equal(center, 1.0)
+    np.testing.assert_array_equal(scale, 1.0)
+  else:  # "public" resolves to the simulation's MAFs here
+    assert data.metadata["standardization"] == "public_freq"
+    np.testing.assert_allclose(center, 2 * maf)
+    np.testing.assert_allclose(scale, 1 / np.sqrt(2 * maf * (1 - maf)))
+
+  # The neighbouring-data-set check: change one training genotype row; centre and scale
+  # must be identical, and so must every other sample's features.
+  genotypes, _ = eqtl.simulate_genotypes(3, 100, 8)
+  public_freq = np.linspace(0.1, 0.5, 8)
+  train = np.arange(20, 100)
+  changed = _with_one_training_row_changed(genotypes, train)
+  before = eqtl.genotype_standardization(genotypes, train, standardization, public_freq)
+  after = eqtl.genotype_standardization(changed, train, standardization, public_freq)
+  for statistic_before, statistic_after in zip(before, after):
+    np.testing.assert_array_equal(statistic_before, statistic_after)
+  others = np.setdiff1d(np.arange(100), train[:1])
+  np.testing.assert_array_equal(
+      eqtl._features(genotypes, train, standardization, public_freq)[others],
+      eqtl._features(changed, train, standardization, public_freq)[others])
+
+
+def test_train_freq_changes_with_one_record_and_is_flagged_not_covered():
+  """The same check fails for the data-dependent option (so the check above has teeth)."""
+  genotypes, _ = eqtl.simulate_genotypes(3, 100, 8)
+  train = np.arange(20, 100)
+  changed = _with_one_training_row_changed(genotypes, train)
+  center, scale = eqtl.genotype_standardization(genotypes, train, "train_freq", None)
+  center2, scale2 = eqtl.genotype_standardization(changed, train, "train_freq", None)
+  assert not np.array_equal(center, center2) and not np.array_equal(scale, scale2)
+  data = eqtl.make_eqtl_data("simulated", n=200, p=10, seed=0, standardization="train_freq")
+  assert data.not_covered == (eqtl.NOT_COVERED_TRAIN_FREQ,)
+  assert "NOT covered" in data.description
+  with pytest.raises(ValueError, match="standardization='nope'"):
+    eqtl.make_eqtl_data("simulated", n=50, p=5, standardization="nope")
+
+
+def _split_position(data, sample_id):
+  """Row of `sample_id` in concatenate([x_train, x_test]) (the split depends on n and seed)."""
+  ids = list(data.metadata["sample_ids"])
+  split_rng = np.random.default_rng(np.random.SeedSequence(data.metadata["seed"]).spawn(4)[3])
+  train_rows, test_rows = eqtl.split_samples(split_rng, len(ids),
+                                             data.metadata["n_test"] / len(ids))
+  assert train_rows.size == data.x_train.shape[0]
+  return (list(train_rows) + list(test_rows)).index(ids.index(sample_id))
+
+
+def _stacked(data):
+  return (np.concatenate([data.x_train, data.x_test]),
+          np.concatenate([data.y_train, data.y_test]))
+
+
+def test_real_genotypes_default_to_privacy_free_preprocessing(tmp_path):
+  """PLINK genotypes + expression: by default, changing one training sample's genotypes
+  (including where another sample has a missing call) changes no other sample's row."""
+  rng = np.random.default_rng(4)
+  n, p = 30, 5
+  ids = [f"s{i}" for i in range(n)]
+  genotypes = rng.integers(0, 3, size=(n, p)).astype(np.float32)
+  genotypes[7, 2] = np.nan  # one missing call, imputed
+  expression = _write_expression(tmp_path / "expr.bed",
+                                 {s: [float(v)] for s, v in zip(ids, rng.normal(size=n))})
+  kwargs = dict(p=p, expression_path=expression, gene_id="GENE_A", test_fraction=0.2, seed=1)
+  first = eqtl.make_eqtl_data(
+      "plink_expression", plink_prefix=_write_plink(tmp_path / "a", genotypes, ids), **kwargs)
+  n_train = first.x_train.shape[0]
+  changed_sample = next(s for s in ids if s != "s7" and _split_position(first, s) < n_train)
+  changed = genotypes.copy()
+  changed[ids.index(changed_sample)] = 2 - genotypes[ids.index(changed_sample)]
+  changed[ids.index(changed_sample), 2] = 2.0 if genotypes[ids.index(changed_sample), 2] != 2 \
+      else 0.0  # a different call in the SNP with the gap
+  second = eqtl.make_eqtl_data(
+      "plink_expression", plink_prefix=_write_plink(tmp_path / "b", changed, ids), **kwargs)
+
+  assert first.metadata["standardization"] == "centered"  # no public frequencies: "public"
+  for name in ("genotype_center", "genotype_scale"):
+    np.testing.assert_array_equal(first.metadata[name], second.metadata[name])
+  (x1, y1), (x2, y2) = _stacked(first), _stacked(second)
+  unchanged = np.setdiff1d(np.arange(n), [_split_position(first, changed_sample)])
+  np.testing.assert_array_equal(x1[unchanged], x2[unchanged])
+  np.testing.assert_array_equal(y1, y2)  # expression used as stored: no target moves
+  assert x1[_split_position(first, "s7"), 2] == 0.0  # imputed with the public dosage 1
+  assert first.not_covered == (eqtl.NOT_COVERED_PUBLISHER_NORMALISATION,)
+
+  # The data-dependent options move other samples' rows, and are flagged as not covered.
+  kwargs.update(standardization="train_freq", missing="impute_mean",
+                expression_standardization="train")
+  first = eqtl.make_eqtl_data("plink_expression", plink_prefix=tmp_path / "a", **kwargs)
+  second = eqtl.make_eqtl_data("plink_expression", plink_prefix=tmp_path / "b", **kwargs)
+  (x1, _), (x2, _) = _stacked(first), _stacked(second)
+  assert not np.array_equal(x1[unchanged], x2[unchanged])
+  assert not np.array_equal(first.metadata["genotype_center"],
+                            second.metadata["genotype_center"])
+  assert set(first.not_covered) == {
+      eqtl.NOT_COVERED_TRAIN_FREQ, eqtl.NOT_COVERED_MEAN_IMPUTATION,
+      eqtl.NOT_COVERED_EXPRESSION_TRAIN, eqtl.NOT_COVERED_PUBLISHER_NORMALISATION}
+  assert first.metadata["not_covered"] == list(first.not_covered)
+
+
+def test_public_allele_frequencies_for_real_genotypes(tmp_path):
+  genotypes = np.random.default_rng(5).integers(0, 3, size=(20, 4)).astype(np.float32)
+  genotypes[3, 1] = np.nan
+  prefix = _write_plink(tmp_path / "g", genotypes, [f"s{i}" for i in range(20)])
+  reference = np.array([0.1, 0.2, 0.3, 0.4])
+  data = eqtl.make_eqtl_data("plink_simulated", p=4, num_causal=2, plink_prefix=prefix,
+                             public_allele_freq=reference)
+  assert data.metadata["standardization"] == "public_freq"
+  np.testing.assert_allclose(data.metadata["genotype_center"], 2 * reference)
+  assert data.not_covered == (eqtl.NOT_COVERED_SEMI_SYNTHETIC,)
+  x = np.concatenate([data.x_train, data.x_test])
+  assert np.any(np.abs(x[:, 1]) < 1e-6)  # the gap filled with 2f, i.e. standardised to 0
+  with pytest.raises(ValueError, match="public_allele_freq"):
+    eqtl.make_eqtl_data("plink_simulated", p=4, num_causal=2, plink_prefix=prefix,
+                        public_allele_freq=reference[:3])
+  with pytest.raises(ValueError, match="public_allele_freq"):
+    eqtl.make_eqtl_data("simulated", n=20, p=4, public_allele_freq=reference)
 
 
 def test_split_is_a_partition_and_bad_fractions_are_refused():
@@ -152,12 +281,20 @@ def test_missing_calls_are_imputed_with_a_log_line_or_refused(tmp_path, caplog):
   genotypes = np.array([[0, 2], [np.nan, 1], [2, np.nan], [1, 1]], dtype=np.float32)
   prefix = _write_plink(tmp_path / "gaps", genotypes, ["a", "b", "c", "d"])
   with caplog.at_level(logging.INFO, logger="absl"):
-    loaded = eqtl.load_plink(prefix)
+    public = eqtl.load_plink(prefix)  # default: a public dosage, no statistic of the samples
+    per_snp = eqtl.load_plink(prefix, impute_value=np.array([0.5, 1.5]))
+    loaded = eqtl.load_plink(prefix, missing="impute_mean")
+  assert "imputed 2 missing genotype calls in 2 SNPs with a public dosage" in caplog.text
+  np.testing.assert_array_equal(public.genotypes[[1, 2], [0, 1]], [1.0, 1.0])
+  np.testing.assert_array_equal(per_snp.genotypes[[1, 2], [0, 1]], [0.5, 1.5])
   assert "mean-imputed 2 missing genotype calls in 2 SNPs" in caplog.text
+  assert "NOT covered" in caplog.text
   np.testing.assert_allclose(loaded.genotypes[1, 0], 1.0)  # mean of 0, 2, 1
   np.testing.assert_allclose(loaded.genotypes[2, 1], 4 / 3)  # mean of 2, 1, 1
   with pytest.raises(ValueError, match=r"gaps\.bed.*2 missing genotype calls"):
     eqtl.load_plink(prefix, missing="error")
+  with pytest.raises(ValueError, match="impute_value"):
+    eqtl.load_plink(prefix, impute_value=3.0)
 
 
 def test_fam_that_does_not_match_the_bed_is_named(tmp_path):
@@ -206,7 +343,14 @@ def test_expression_join_uses_the_intersection_with_a_log_line(tmp_path, caplog)
   np.testing.assert_array_equal(np.sort(data.metadata["sample_ids"]),
                                 ["s0", "s1", "s2", "s3", "s5"])
   assert data.x_train.shape[0] + data.x_test.shape[0] == 5
-  assert np.mean(data.y_train) == pytest.approx(0.0, abs=1e-6)
+  # By default expression is used as stored (sample s -> its value in the file).
+  stored = {"s5": 0.0, "s1": 1.0, "s2": 2.0, "s3": 3.0, "s0": 4.0}
+  assert sorted(np.concatenate([data.y_train, data.y_test]).tolist()) == sorted(stored.values())
+  standardised = eqtl.make_eqtl_data(
+      "plink_expression", p=4, plink_prefix=prefix, expression_path=expression,
+      gene_id="GENE_A", test_fraction=0.4, expression_standardization="train")
+  assert np.mean(standardised.y_train) == pytest.approx(0.0, abs=1e-6)
+  assert eqtl.NOT_COVERED_EXPRESSION_TRAIN in standardised.not_covered
 
 
 def test_mismatched_sample_ids_name_both_files(tmp_path):
@@ -273,7 +417,12 @@ def test_real_expression_join_for_one_gene(shared_data_dir):
   data = eqtl.make_eqtl_data("plink_expression", p=25, gene_id=GENE, seed=0,
                              data_dir=str(shared_data_dir))
   assert data.x_train.shape == (75, 25) and data.x_test.shape == (19, 25)
-  assert np.std(data.y_train) == pytest.approx(1.0, abs=1e-5)
+  assert set(np.unique(data.x_train)) <= {-1.0, 0.0, 1.0}  # "public" -> centered
+  assert data.not_covered == (eqtl.NOT_COVERED_PUBLISHER_NORMALISATION,)
+  standardised = eqtl.make_eqtl_data("plink_expression", p=25, gene_id=GENE, seed=0,
+                                     data_dir=str(shared_data_dir),
+                                     expression_standardization="train")
+  assert np.std(standardised.y_train) == pytest.approx(1.0, abs=1e-5)
   # The genotype rows and the expression values belong to the same donors.
   fam_ids = pd.read_csv(shared_data_dir / f"{ONEK1K}.fam", sep=r"\s+", header=None)[1].astype(str)
   assert set(data.metadata["sample_ids"]) == set(fam_ids) == set(expression.index)

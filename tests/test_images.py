@@ -107,6 +107,61 @@ def test_folder_max_per_class_is_seeded_subset(image_folder):
   assert all(row.tobytes() in full_rows for row in first.train_images)
 
 
+def _kept_ids_by_class(ids, labels, keep):
+  return {int(c): sorted(ids[keep][labels[keep] == c].tolist()) for c in np.unique(labels)}
+
+
+@pytest.mark.parametrize("added_class", [0, 1, 2])
+def test_max_per_class_is_one_stable(added_class):
+  """Adding one record of class c changes only class c's draw (the others keep their records)."""
+  # Class 0 holds exactly max_per_class records, so one more makes it draw for the first
+  # time: with one generator shared by all classes, that shifted every later class's draws.
+  labels = np.random.default_rng(5).permutation(np.repeat([0, 1, 2], [10, 25, 40]))
+  ids = np.arange(len(labels))  # record identities, to compare kept records across datasets
+  base = _kept_ids_by_class(ids, labels, images._indices_per_class(labels, 10, (7, 0)))
+  for position in (0, 37, len(labels)):  # the new record first, in the middle, last
+    grown_labels = np.insert(labels, position, added_class)
+    grown_ids = np.insert(ids, position, -1)
+    grown = _kept_ids_by_class(grown_ids, grown_labels,
+                               images._indices_per_class(grown_labels, 10, (7, 0)))
+    for c in (0, 1, 2):
+      if c != added_class:
+        assert grown[c] == base[c], (position, c)
+      assert len(grown[c]) == 10
+
+
+def test_max_per_class_is_one_stable_through_the_loader(tmp_path):
+  rng = np.random.default_rng(6)
+  labels = rng.permutation(np.repeat([0, 1, 2], [5, 25, 30])).astype(np.uint8)  # class 0: 5
+  pixels = rng.integers(0, 256, (60, 4, 4), dtype=np.uint8)
+  pixels[:, 0, 0], pixels[:, 0, 1] = np.arange(60) % 256, np.arange(60) // 256  # unique rows
+  def load(train_pixels, train_labels, name):
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, train_images=train_pixels, train_labels=train_labels[:, None],
+             test_images=pixels[:6], test_labels=labels[:6, None])
+    dataset = images.load_image_dataset(f"npz:{path}", max_per_class=5, seed=2)
+    return {c: sorted(row.tobytes() for row in dataset.train_images[dataset.train_labels == c])
+            for c in range(3)}
+  base = load(pixels, labels, "base")
+  extra = np.full((1, 4, 4), 255, np.uint8)
+  grown = load(np.concatenate([extra, pixels]), np.concatenate([[0], labels]).astype(np.uint8),
+               "grown")
+  assert grown[1] == base[1] and grown[2] == base[2]
+
+
+def test_stratified_holdout_is_one_stable():
+  rng = np.random.default_rng(8)
+  labels = rng.integers(0, 4, 200).astype(np.int32)
+  ids = np.arange(200)
+  def split(labels_, ids_):
+    train, test = images._stratified_holdout(labels_, 0.25, seed=1)
+    return _kept_ids_by_class(ids_, labels_, test), _kept_ids_by_class(ids_, labels_, train)
+  base_test, base_train = split(labels, ids)
+  grown_test, grown_train = split(np.insert(labels, 3, 2), np.insert(ids, 3, 999))
+  for c in (0, 1, 3):
+    assert grown_test[c] == base_test[c] and grown_train[c] == base_train[c]
+
+
 def test_folder_without_test_split_holds_out_each_class(tmp_path):
   rng = np.random.default_rng(2)
   for class_name in ("a", "b"):

@@ -78,12 +78,158 @@ def test_perturb_dataset_noises_training_images_only_and_is_seeded():
   in_one_call = ldp.perturb_dataset(jax.random.key(6), dataset, 1.0)
   np.testing.assert_array_equal(noisy.train_images, in_one_call.train_images)
   np.testing.assert_array_equal(noisy.test_images, dataset.test_images)
-  np.testing.assert_array_equal(noisy.train_labels, dataset.train_labels)
+  np.testing.assert_array_equal(noisy.train_labels, dataset.train_labels)  # labels in clear
   difference = noisy.train_images - dataset.train_images
-  assert np.all(difference != 0) and noisy.name == "tiny+ldp(beta=1)"
+  assert np.all(difference != 0) and noisy.name == "tiny+ldp(beta=1, labels clear)"
   both = ldp.perturb_dataset(jax.random.key(6), dataset, 1.0, perturb_test=True, chunk=4)
   np.testing.assert_array_equal(both.train_images, noisy.train_images)
   assert np.all(both.test_images != dataset.test_images)
+  # A raw uint32 key (jax.random.PRNGKey, as the classifier passes) works the same way.
+  raw = ldp.perturb_dataset(jax.random.PRNGKey(6), dataset, 1.0, chunk=3)
+  np.testing.assert_array_equal(raw.train_images, ldp.perturb_dataset(
+      jax.random.PRNGKey(6), dataset, 1.0).train_images)
+
+
+# ------------------------------------------------------------- independence of the pixel noise
+
+
+def _train_noise(num_images, shape, *, chunk, seed=0):
+  """The Laplace noise perturb_dataset adds to `num_images` constant training images, (N, D)."""
+  images = np.full((num_images,) + shape, 0.5, np.float32)
+  dataset = images_lib.ImageDataset(
+      train_images=images, train_labels=np.zeros(num_images, np.int32),
+      test_images=images[:2], test_labels=np.zeros(2, np.int32), num_classes=2, name="const")
+  noisy = ldp.perturb_dataset(jax.random.key(seed), dataset, 1.0, chunk=chunk)
+  return (noisy.train_images - images).reshape(num_images, -1).astype(np.float64)
+
+
+def _off_diagonal(correlation):
+  return correlation[~np.eye(len(correlation), dtype=bool)]
+
+
+def test_noise_of_different_images_is_uncorrelated():
+  # 24 images of 3,072 pixels in chunks of 7: pairs within a chunk and across chunks (a scheme
+  # that reused a stream per chunk position would correlate images 0 and 7 fully).
+  noise = _train_noise(24, (32, 32, 3), chunk=7)
+  between_images = _off_diagonal(np.corrcoef(noise))
+  standard_error = 1.0 / np.sqrt(noise.shape[1])  # of one correlation under independence
+  assert np.max(np.abs(between_images)) < 6 * standard_error  # ~0.11
+  assert abs(np.mean(between_images)) < 6 * standard_error / np.sqrt(between_images.size)
+  # Every image has its own pattern: no two rows equal, no row a copy of another.
+  assert len({row.tobytes() for row in noise.astype(np.float32)}) == len(noise)
+
+
+def test_noise_of_pixels_within_an_image_is_uncorrelated():
+  # Correlation between pixel positions, estimated over 3,000 images of 16 pixels.
+  noise = _train_noise(3000, (4, 4, 1), chunk=1024)
+  between_pixels = _off_diagonal(np.corrcoef(noise.T))
+  standard_error = 1.0 / np.sqrt(noise.shape[0])
+  assert np.max(np.abs(between_pixels)) < 6 * standard_error  # ~0.11
+  # And each pixel position has the Laplace(0, 1) variance of 2 across images.
+  assert np.all(np.abs(noise.var(axis=0) / 2.0 - 1.0) < 0.25)
+
+
+def test_identical_noise_for_every_image_is_caught():
+  """The check above fails for the mutation that gives every image the same noise pattern."""
+  one_pattern = np.random.default_rng(0).laplace(size=(1, 3072))
+  same_for_all = np.repeat(one_pattern, 24, axis=0)
+  assert np.min(_off_diagonal(np.corrcoef(same_for_all))) > 0.99
+  # And the real mechanism does not do that: distinct seeds give distinct noise too.
+  assert not np.array_equal(_train_noise(3, (4, 4, 1), chunk=2, seed=1),
+                            _train_noise(3, (4, 4, 1), chunk=2, seed=2))
+
+
+# ------------------------------------------------------------------- labels: randomised response
+
+
+@pytest.mark.parametrize("epsilon,num_classes", [(0.5, 2), (1.0, 5), (3.0, 10), (0.0, 4)])
+def test_randomized_response_keep_rate_and_uniform_flips(epsilon, num_classes):
+  n = 200_000
+  labels = np.arange(n, dtype=np.int32) % num_classes
+  noisy = ldp.randomized_response(jax.random.key(11), labels, num_classes, epsilon)
+  assert noisy.dtype == np.int32 and noisy.shape == labels.shape
+  assert noisy.min() >= 0 and noisy.max() < num_classes
+  keep = np.exp(epsilon) / (np.exp(epsilon) + num_classes - 1)
+  assert ldp.rr_keep_probability(epsilon, num_classes) == pytest.approx(keep)
+  kept = noisy == labels
+  assert abs(kept.mean() - keep) < 5 * np.sqrt(keep * (1 - keep) / n)
+  # A flipped label is uniform over the k - 1 OTHER labels: (label, noisy) pair counts.
+  flipped_pairs = np.zeros((num_classes, num_classes))
+  np.add.at(flipped_pairs, (labels[~kept], noisy[~kept]), 1)
+  assert np.all(np.diag(flipped_pairs) == 0)
+  for true_label in range(num_classes):
+    row = np.delete(flipped_pairs[true_label], true_label)
+    expected = row.sum() / (num_classes - 1)
+    # Each count is Binomial(row.sum(), 1/(k-1)) given the row total.
+    assert np.all(np.abs(row - expected) < 5 * np.sqrt(expected) + 1)
+
+
+def test_randomized_response_is_independent_across_labels_and_seeded():
+  labels = np.zeros(100_000, np.int32)
+  flipped = (ldp.randomized_response(jax.random.key(3), labels, 2, 1.0) != labels)
+  flipped = flipped.astype(np.float64)
+  assert abs(np.corrcoef(flipped[:-1], flipped[1:])[0, 1]) < 0.02
+  again = ldp.randomized_response(jax.random.key(3), labels, 2, 1.0)
+  np.testing.assert_array_equal(flipped, again != labels)
+  assert not np.array_equal(again, ldp.randomized_response(jax.random.key(4), labels, 2, 1.0))
+  for bad in (dict(epsilon=-1.0), dict(epsilon=float("inf")), dict(num_classes=1)):
+    with pytest.raises(ValueError):
+      ldp.randomized_response(jax.random.key(0), labels, **{"num_classes": 2, "epsilon": 1.0,
+                                                             **bad})
+  with pytest.raises(ValueError, match="lie in"):
+    ldp.randomized_response(jax.random.key(0), np.array([0, 2], np.int32), 2, 1.0)
+
+
+def test_epsilon_of_a_record_adds_image_and_label():
+  epsilon = ldp.ldp_epsilon(scale=2.0, num_pixels=64, label_epsilon=1.5, num_classes=10)
+  assert epsilon.per_image == 32.0 and epsilon.per_label == 1.5
+  assert epsilon.per_record == 33.5 == ldp.record_epsilon(32.0, 1.5)
+  assert epsilon.labels_covered and epsilon.not_covered == ()
+  assert "33.5 per record" in epsilon.describe()
+  clear = ldp.ldp_epsilon(scale=2.0, num_pixels=64)
+  assert clear.per_label is None and not clear.labels_covered
+  assert clear.per_record == float("inf") == ldp.record_epsilon(32.0, None)
+  assert clear.not_covered == (ldp.LABELS_IN_CLEAR,)
+  assert "NOT covered" in ldp.LABELS_IN_CLEAR and "NOT covered" in clear.describe()
+  with pytest.raises(ValueError):
+    ldp.ldp_epsilon(scale=1.0, label_epsilon=1.0)  # randomised response needs num_classes
+
+
+def test_perturb_dataset_randomises_training_labels_only(caplog):
+  rng = np.random.default_rng(0)
+  n, num_classes = 4000, 4
+  dataset = images_lib.ImageDataset(
+      train_images=rng.uniform(size=(n, 2, 2, 1)).astype(np.float32),
+      train_labels=rng.integers(0, num_classes, n).astype(np.int32),
+      test_images=rng.uniform(size=(50, 2, 2, 1)).astype(np.float32),
+      test_labels=rng.integers(0, num_classes, 50).astype(np.int32),
+      num_classes=num_classes, name="four")
+  noisy = ldp.perturb_dataset(jax.random.key(1), dataset, 1.0, label_epsilon=1.0, chunk=999)
+  keep = ldp.rr_keep_probability(1.0, num_classes)
+  kept = np.mean(noisy.train_labels == dataset.train_labels)
+  assert abs(kept - keep) < 5 * np.sqrt(keep * (1 - keep) / n)
+  np.testing.assert_array_equal(noisy.test_labels, dataset.test_labels)
+  assert noisy.name == "four+ldp(beta=1, label_eps=1)"
+  # The label stream does not depend on chunking, and images do not depend on labels' noise.
+  other_chunks = ldp.perturb_dataset(jax.random.key(1), dataset, 1.0, label_epsilon=1.0)
+  np.testing.assert_array_equal(noisy.train_labels, other_chunks.train_labels)
+  clear = ldp.perturb_dataset(jax.random.key(1), dataset, 1.0)
+  np.testing.assert_array_equal(noisy.train_images, clear.train_images)
+  with caplog.at_level(logging.WARNING):
+    ldp.perturb_dataset(jax.random.key(1), dataset, 1.0)
+  assert "labels released in clear" in caplog.text
+  with pytest.raises(ValueError, match="label epsilon"):
+    ldp.perturb_dataset(jax.random.key(1), dataset, 1.0, label_epsilon=-1.0)
+
+
+def test_secret_key_comes_from_the_os_and_drives_the_mechanisms():
+  first, second = ldp.secret_key(), ldp.secret_key()
+  assert first.dtype == jax.random.PRNGKey(0).dtype and first.shape == jax.random.PRNGKey(0).shape
+  assert not np.array_equal(first, second)
+  typed = ldp.secret_key(typed=True)
+  assert jax.dtypes.issubdtype(typed.dtype, jax.dtypes.prng_key)
+  labels = np.arange(10, dtype=np.int32) % 3
+  assert ldp.randomized_response(typed, labels, 3, 1.0).shape == (10,)
 
 
 def test_perturbation_grid_is_a_valid_png(tmp_path):

@@ -79,6 +79,17 @@ def test_load_sprint_reproduces_the_study_preprocessing(sprint_dir):
     np.testing.assert_allclose(data.x[row], expected_x[maskid] / scale[:, None], rtol=1e-6)
   assert data.visit_names == VISITS
   assert data.feature_names == ("SBP", "DBP", "N_BPCLASSES")
+  assert data.not_covered == (trials.SPRINT_SCALE_NOTE,)
+
+
+def test_load_sprint_clips_to_the_fixed_scale(sprint_dir):
+  data_dir, _ = sprint_dir
+  bp = pd.read_csv(data_dir / "bp.csv", dtype={"MASKID": str})
+  bp.loc[(bp["MASKID"] == "S00010") & (bp["VISITCODE"] == "1M"), "SBP"] = 260
+  bp.to_csv(data_dir / "bp.csv", index=False)
+  data = trials.load_sprint(str(data_dir))
+  assert data.x.max() <= 1.0
+  assert data.x[data.ids.index("S00010"), 0, VISITS.index("1M")] == 1.0
 
 
 def test_load_sprint_finds_files_in_a_sprint_subfolder(sprint_dir, tmp_path_factory):
@@ -112,6 +123,7 @@ def test_simulator_layout_and_range(simulated):
   assert simulated.arm.dtype == np.int32 and set(np.unique(simulated.arm)) == {0, 1}
   assert 0.0 <= simulated.x.min() and simulated.x.max() <= 1.0
   np.testing.assert_array_equal(simulated.scale, [233.0, 137.0, 7.0])
+  assert simulated.not_covered == ()
 
 
 def test_simulator_reproduces_sprint_arm_separation(simulated):
@@ -195,8 +207,9 @@ def test_load_pbcseq_against_raw_rows(shared_data_dir):
   data = trials.load_pbcseq(str(shared_data_dir))
   assert data.x.shape == (212, 6, 4) and data.x.dtype == np.float32
   assert not np.isnan(data.x).any()
-  assert 0.0 <= data.x.min() and data.x.max() == pytest.approx(1.0)
+  assert 0.0 <= data.x.min() and data.x.max() <= 1.0
   assert 80 < data.arm.sum() < 130
+  assert data.not_covered == ()  # public clinical bounds by default
 
   raw = pd.read_csv(shared_data_dir / "trials" / "survival_pbcseq.csv")
   original = trials.to_original_units(data.x, data)
@@ -206,10 +219,69 @@ def test_load_pbcseq_against_raw_rows(shared_data_dir):
     # Baseline comes straight from the day-0 row where that lab was measured.
     for feature, name in enumerate(data.feature_names):
       if not np.isnan(first_visit[name]):
-        assert original[row, feature, 0] == pytest.approx(first_visit[name], rel=1e-5)
+        expected = min(first_visit[name], trials.PBCSEQ_CLINICAL_BOUNDS[name])  # clipped
+        assert original[row, feature, 0] == pytest.approx(expected, rel=1e-5)
     # 1 = D-penicillamine; this export codes it 1 (placebo 0).
     assert data.arm[row] == first_visit["trt"]
     assert rows["day"].max() >= 730 - 90
+
+
+def test_load_pbcseq_data_max_scaling_is_flagged_not_covered(shared_data_dir):
+  data = trials.load_pbcseq(str(shared_data_dir), scaling="data_max")
+  assert data.x.max() == pytest.approx(1.0)
+  assert data.not_covered == (trials.PBCSEQ_DATA_MAX_NOT_COVERED,)
+  assert "NOT covered" in data.not_covered[0] and "NOT private" in data.description
+  # Subsets (the train / test split) carry the flag along.
+  assert trials.train_test_split(data, 0.25, seed=0)[0].not_covered == data.not_covered
+
+
+def _write_pbcseq(directory, bili_of_patient_3=2.0):
+  """A tiny survival_pbcseq.csv: four patients seen at days 0, 182, 365, 730."""
+  rows = []
+  for patient in (1, 2, 3, 4):
+    for visit, day in enumerate(trials.PBCSEQ_VISIT_DAYS):
+      rows.append({"id": patient, "trt": 1 + patient % 2, "day": day,
+                   "bili": bili_of_patient_3 if patient == 3 else 1.0 + visit,
+                   "albumin": 3.5 + 0.1 * patient, "alk.phos": 500.0 * patient,
+                   "ast": 50.0 + visit, "platelet": 200.0 + 10 * patient, "protime": 11.0})
+  (directory / "trials").mkdir(parents=True, exist_ok=True)
+  pd.DataFrame(rows).to_csv(directory / "trials" / trials.PBCSEQ_FILE, index=False)
+  return str(directory)
+
+
+def test_pbcseq_clinical_scale_is_public_and_one_record_changes_only_its_row(tmp_path):
+  bounds = np.array([trials.PBCSEQ_CLINICAL_BOUNDS[f] for f in trials.PBCSEQ_FEATURES])
+  log1p = np.isin(trials.PBCSEQ_FEATURES, trials.PBCSEQ_LOG1P_FEATURES)
+  base = trials.load_pbcseq(_write_pbcseq(tmp_path / "a"))
+  changed = trials.load_pbcseq(_write_pbcseq(tmp_path / "b", bili_of_patient_3=400.0))
+  np.testing.assert_array_equal(base.scale, np.where(log1p, np.log1p(bounds), bounds))
+  np.testing.assert_array_equal(changed.scale, base.scale)  # independent of the data
+  assert base.not_covered == () and changed.not_covered == ()
+  assert 0.0 <= changed.x.min() and changed.x.max() <= 1.0
+  patient_3 = base.ids.index("3")
+  others = [i for i in range(base.num_participants) if i != patient_3]
+  np.testing.assert_array_equal(changed.x[others], base.x[others])
+  # 400 mg/dL is clipped to the bound, which maps to exactly 1.
+  np.testing.assert_allclose(changed.x[patient_3, 0], 1.0)
+  np.testing.assert_allclose(trials.to_original_units(changed.x, changed)[patient_3, 0], 50.0,
+                             rtol=1e-5)
+  # The data-dependent option moves every patient's row when one patient changes.
+  base_max = trials.load_pbcseq(str(tmp_path / "a"), scaling="data_max")
+  changed_max = trials.load_pbcseq(str(tmp_path / "b"), scaling="data_max")
+  assert not np.array_equal(changed_max.scale, base_max.scale)
+  assert not np.array_equal(changed_max.x[others], base_max.x[others])
+  assert changed_max.not_covered == (trials.PBCSEQ_DATA_MAX_NOT_COVERED,)
+  with pytest.raises(ValueError, match="scaling"):
+    trials.load_pbcseq(str(tmp_path / "a"), scaling="train_max")
+
+
+def test_pbcseq_clinical_bounds_cover_normal_ranges():
+  bounds = trials.PBCSEQ_CLINICAL_BOUNDS
+  assert set(bounds) == set(trials.PBCSEQ_FEATURES)
+  # Each bound lies well above the upper limit of the normal adult range.
+  upper_normal = {"bili": 1.2, "albumin": 5.4, "alk.phos": 130.0, "ast": 40.0,
+                  "platelet": 450.0, "protime": 13.0}
+  assert all(bounds[f] > upper_normal[f] for f in bounds)
 
 
 def test_load_pbcseq_missing_file_names_it(tmp_path):
@@ -224,6 +296,8 @@ def test_load_btheb(shared_data_dir):
   first = raw.set_index("rownames").loc[int(data.ids[0])]
   assert data.x[0, 0, 0] * 63 == pytest.approx(first["bdi.pre"], rel=1e-5)
   assert data.arm[0] == (first["treatment"] == "BtheB")
+  assert data.not_covered == () and 0.0 <= data.x.min() and data.x.max() <= 1.0
+  np.testing.assert_array_equal(data.scale, [63.0])  # the instrument's ceiling, public
 
 
 def test_pbcseq_arm_accepts_r_coding_and_the_export_coding(tmp_path):

@@ -13,8 +13,9 @@ of SNP j, x_ij = (g_ij - 2 f_j) / sqrt(2 f_j (1 - f_j)). SNPs with f_j in {0, 1}
 (monomorphic) become all-zero columns, with a log line, so that P stays what was asked.
 
 Expression normalisation. The OneK1K `.tmm.bed.gz` (the default) is TMM-normalised by
-its publisher and used as stored; raw counts can be read as log(1 + CPM). Either way the
-regression target is then standardised with the training split's mean and sd.
+its publisher and used as stored; raw counts can be read as log(1 + CPM). By default the
+regression target is used as stored; `expression_standardization="train"` standardises it
+with the training split's mean and sd (data-dependent, NOT covered).
 
 SNP positions. The OneK1K genotypes have no .bim, so their SNPs are known only by index
 (their order along chr22): no cis window can be formed and SNPs are chosen by index
@@ -22,15 +23,23 @@ range, which may hold no eQTL of the gene. HapMap YRI has positions (window sele
 works) but no expression, hence the semi-synthetic source.
 
 Privacy of the pre-processing. The DP guarantee of a model trained on these features
-covers only what the training algorithm touches. Frequencies estimated from the training
-split ("train_freq") are a statistic of the private data that is NOT privatised: a
-documented non-private pre-processing choice, the same as standardising before DP-SGD.
-Two choices cost no privacy: "public_freq" uses frequencies that do not depend on the
-samples (for simulated data, the MAFs the simulation drew), and "centered" uses g - 1,
-which needs no statistic at all and keeps every entry in [-1, 1] (so ||x|| <= sqrt(P)).
-Real expression is standardised with the training split's mean and standard deviation,
-also non-private; the provided TMM file was moreover normalised by its publisher over
-all 94 donors.
+covers only what the training algorithm touches. The DEFAULTS are privacy-free: every
+sample's features and target are a function of that sample's own record and public
+constants, so changing one record changes only its own row.
+  * Genotypes, standardization="public" (default): "public_freq" when public allele
+    frequencies exist (the MAFs a simulation drew, or reference-panel frequencies passed as
+    `public_allele_freq`), else "centered", g - 1, which needs no statistic at all and keeps
+    every entry in [-1, 1] (so ||x|| <= sqrt(P)).
+  * Missing calls, missing="impute" (default): filled with a public dosage (2 f from public
+    frequencies, else 1, the centre of the 0/1/2 range).
+  * Expression, expression_standardization="none" (default): used as stored.
+Data-dependent options remain, as explicit choices listed in `EqtlData.not_covered` (quote
+it in the privacy report): "train_freq" (frequencies estimated from the training split),
+missing="impute_mean" (per-SNP means over all samples in the file, test included),
+expression_standardization="train" (training mean and sd). Two further disclosures are
+outside any choice here and are also listed: a stored expression file may have been
+normalised across samples by its publisher (the OneK1K TMM file over all 94 donors), and a
+semi-synthetic target ("plink_simulated") is simulated from the whole sample's genotypes.
 """
 
 import dataclasses
@@ -52,7 +61,28 @@ from dpjax.data import paths
 
 RngLike = np.random.Generator | int
 Source = Literal["simulated", "plink_simulated", "plink_expression"]
-Standardization = Literal["train_freq", "public_freq", "centered"]
+Standardization = Literal["public", "public_freq", "centered", "train_freq"]
+Missing = Literal["impute", "impute_mean", "error"]
+ExpressionStandardization = Literal["none", "train"]
+
+# What a DP guarantee on a model trained from EqtlData does NOT cover, for the privacy report.
+NOT_COVERED_TRAIN_FREQ = (
+    "eQTL genotypes standardised with allele frequencies estimated from the training split "
+    "(standardization='train_freq'): a statistic of the private data, NOT covered")
+NOT_COVERED_MEAN_IMPUTATION = (
+    "eQTL missing genotype calls mean-imputed with per-SNP means over all samples in the file, "
+    "test samples included (missing='impute_mean'): NOT covered")
+NOT_COVERED_EXPRESSION_TRAIN = (
+    "eQTL expression standardised with the training split's mean and sd "
+    "(expression_standardization='train'): NOT covered")
+NOT_COVERED_PUBLISHER_NORMALISATION = (
+    "eQTL expression used as stored: any normalisation its publisher applied across samples "
+    "(the OneK1K .tmm.bed.gz is TMM-normalised over all 94 donors, test donors included) is "
+    "NOT covered")
+NOT_COVERED_SEMI_SYNTHETIC = (
+    "semi-synthetic eQTL target (source='plink_simulated'): expression simulated from the whole "
+    "sample's genotypes (allele frequencies and realised genetic variance), so one sample's "
+    "genotypes affect every simulated target: NOT covered")
 
 HAPMAP_PREFIX = "genotypes/hapmap_yri/plinkhapmap"
 ONEK1K_PREFIX = "genotypes/onek1k_chr22_n94/chr22.n94"
@@ -177,7 +207,8 @@ class PlinkGenotypes:
 
   Attributes:
     genotypes: (n, p) float32, counts of the A1 allele in {0, 1, 2}; missing calls
-      mean-imputed (then fractional) when loaded with missing="impute".
+      filled with the public `impute_value` (missing="impute") or the per-SNP mean
+      (missing="impute_mean", then fractional).
     sample_ids: (n,) IIDs from the .fam.
     snp_ids: (p,) ids from the .bim, or "snp<index>" when there is no .bim.
     chromosomes, positions: (p,) from the .bim (positions in bp), or None without a .bim.
@@ -268,8 +299,15 @@ def _window_indices(
   return inside
 
 
-def _handle_missing(genotypes: np.ndarray, missing: str, label: str) -> np.ndarray:
-  """Mean-imputes NaN calls per SNP (with a log line) or refuses them, naming the file."""
+def _handle_missing(genotypes: np.ndarray, missing: str, label: str,
+                    impute_value: float | np.ndarray = 1.0) -> np.ndarray:
+  """Fills NaN calls with a public value or the per-SNP mean (with a log line), or refuses
+  them, naming the file.
+
+  missing="impute": the public `impute_value` (scalar or per-SNP), which does not depend on
+  the samples. missing="impute_mean": the SNP's mean over all samples of the file, a
+  statistic of the data (NOT covered by DP; see the module docstring).
+  """
   is_missing = np.isnan(genotypes)
   num_missing = int(is_missing.sum())
   if num_missing == 0:
@@ -278,13 +316,23 @@ def _handle_missing(genotypes: np.ndarray, missing: str, label: str) -> np.ndarr
   if missing == "error":
     raise ValueError(
         f"{label}: {num_missing} missing genotype calls in {snps_hit} SNPs; pass "
-        "missing='impute' to mean-impute them, or filter the file first (plink --geno).")
+        "missing='impute' to fill them with a public dosage, or filter the file first "
+        "(plink --geno).")
+  if missing == "impute":
+    fill = np.broadcast_to(np.asarray(impute_value, dtype=np.float64), genotypes.shape[1:])
+    if not np.all(np.isfinite(fill)) or np.any((fill < 0) | (fill > 2)):
+      raise ValueError(f"impute_value must be a dosage in [0, 2], got {impute_value!r}.")
+    logging.info(
+        "%s: imputed %d missing genotype calls in %d SNPs with a public dosage (not a "
+        "statistic of the samples).", label, num_missing, snps_hit)
+    return np.where(is_missing, fill[None, :], genotypes).astype(np.float32)
   counts = (~is_missing).sum(axis=0)
   means = np.where(counts > 0, np.nansum(genotypes, axis=0) / np.maximum(counts, 1), 0.0)
   all_missing = int(np.sum(counts == 0))
   logging.info(
       "%s: mean-imputed %d missing genotype calls in %d SNPs (%d SNPs entirely missing, "
-      "set to 0 and so monomorphic).", label, num_missing, snps_hit, all_missing)
+      "set to 0 and so monomorphic); data-dependent, NOT covered by DP.", label, num_missing,
+      snps_hit, all_missing)
   return np.where(is_missing, means[None, :], genotypes).astype(np.float32)
 
 
@@ -294,7 +342,8 @@ def load_plink(
     snp_start: int = 0,
     num_snps: int | None = None,
     window: tuple[str | int, int, int] | None = None,
-    missing: Literal["impute", "error"] = "impute",
+    missing: Missing = "impute",
+    impute_value: float | np.ndarray = 1.0,
 ) -> PlinkGenotypes:
   """Reads PLINK 1 binary genotypes (.bed/.fam, optional .bim; each may be .gz) with bed_reader.
 
@@ -307,10 +356,13 @@ def load_plink(
     snp_start, num_snps: read SNPs [snp_start, snp_start + num_snps) (all when None).
     window: (chromosome, centre_bp, half_width_bp): SNPs within the window instead, the
       `num_snps` nearest the centre when given. Needs a .bim (positions).
-    missing: "impute" mean-imputes missing calls per SNP with a log line; "error" raises.
+    missing: "impute" fills missing calls with the public `impute_value` (default 1, the
+      centre of the 0/1/2 dosage range; a scalar or one value per SNP read); "impute_mean"
+      with the per-SNP mean over all samples (data-dependent, NOT covered by DP); "error"
+      raises. Each logs a line.
   """
-  if missing not in ("impute", "error"):
-    raise ValueError(f"missing={missing!r} must be 'impute' or 'error'.")
+  if missing not in ("impute", "impute_mean", "error"):
+    raise ValueError(f"missing={missing!r} must be 'impute', 'impute_mean' or 'error'.")
   files = _plink_files(path_prefix)
   label = str(files["bed"])
   with tempfile.TemporaryDirectory(prefix="dpjax_plink_") as tmp:
@@ -352,7 +404,7 @@ def load_plink(
       snp_ids = (np.asarray(bed.sid)[indices].astype(str) if has_bim
                  else np.array([f"snp{i}" for i in indices]))
   return PlinkGenotypes(
-      genotypes=_handle_missing(genotypes, missing, label),
+      genotypes=_handle_missing(genotypes, missing, label, impute_value),
       sample_ids=sample_ids,
       snp_ids=snp_ids,
       chromosomes=None if chromosomes is None else chromosomes[indices].astype(str),
@@ -518,7 +570,12 @@ class EqtlData:
 
   x_* are float32 (n, p) standardised genotypes, y_* float32 (n,) expression.
   `metadata` holds what the experiment may report: source, sizes, h2, SNP ids, the
-  simulated effects `true_beta` (on the generating standardisation) when known.
+  simulated effects `true_beta` (on the generating standardisation) when known, and the
+  genotype standardisation x = (g - genotype_center) * genotype_scale.
+  `not_covered` lists the pre-processing that depends on the private data (or was done by a
+  publisher across samples) and so is NOT covered by a DP guarantee on a model trained from
+  this data; the privacy report must quote it. Empty for the privacy-free defaults on
+  simulated data.
   """
   x_train: np.ndarray
   y_train: np.ndarray
@@ -526,6 +583,7 @@ class EqtlData:
   y_test: np.ndarray
   description: str
   metadata: dict = dataclasses.field(default_factory=dict)
+  not_covered: tuple[str, ...] = ()
 
 
 def split_samples(rng: RngLike, n: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -541,6 +599,53 @@ def split_samples(rng: RngLike, n: int, test_fraction: float) -> tuple[np.ndarra
   return np.sort(order[num_test:]), np.sort(order[:num_test])
 
 
+def resolve_standardization(standardization: Standardization,
+                            public_freq: np.ndarray | None) -> str:
+  """"public" -> "public_freq" when public frequencies exist, else "centered"; others as is."""
+  if standardization == "public":
+    return "public_freq" if public_freq is not None else "centered"
+  if standardization not in ("public_freq", "centered", "train_freq"):
+    raise ValueError(f"standardization={standardization!r} must be 'public', 'public_freq', "
+                     "'centered' or 'train_freq'.")
+  return standardization
+
+
+def genotype_standardization(
+    genotypes: np.ndarray,
+    train: np.ndarray,
+    standardization: Standardization,
+    public_freq: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """(center, scale), each (p,) float64, with features x = (g - center) * scale.
+
+  "public_freq": center 2f, scale 1 / sqrt(2f(1-f)) from public frequencies (0 for a
+  monomorphic SNP); "centered": center 1, scale 1; "train_freq": as public_freq with f
+  estimated from `genotypes[train]` (data-dependent, NOT covered). The first two (and
+  "public", which picks one of them) do not look at `genotypes` at all.
+  """
+  resolved = resolve_standardization(standardization, public_freq)
+  p = np.shape(genotypes)[1]
+  if resolved == "centered":
+    return np.ones(p), np.ones(p)
+  if resolved == "train_freq":
+    freq = allele_frequencies(np.asarray(genotypes)[train])
+  else:
+    if public_freq is None:
+      raise ValueError(
+          "standardization='public_freq' needs allele frequencies that do not come from the "
+          "samples: source='simulated' has them; for PLINK sources pass public_allele_freq "
+          "(e.g. reference-panel frequencies). Otherwise use 'public' or 'centered'.")
+    freq = np.asarray(public_freq, dtype=np.float64)
+  if freq.shape != (p,):
+    raise ValueError(f"allele frequencies have shape {freq.shape}, expected ({p},).")
+  if not np.all(np.isfinite(freq)) or np.any((freq < 0) | (freq > 1)):
+    raise ValueError("allele frequencies must be finite and in [0, 1].")
+  variance = 2.0 * freq * (1.0 - freq)
+  polymorphic = variance > 0
+  scale = np.where(polymorphic, 1.0 / np.sqrt(np.where(polymorphic, variance, 1.0)), 0.0)
+  return 2.0 * freq, scale
+
+
 def _features(
     genotypes: np.ndarray,
     train: np.ndarray,
@@ -548,18 +653,11 @@ def _features(
     public_freq: np.ndarray | None,
 ) -> np.ndarray:
   """Standardised features for all samples, with statistics from the chosen source."""
-  if standardization == "centered":
+  resolved = resolve_standardization(standardization, public_freq)
+  if resolved == "centered":
     return np.asarray(genotypes, dtype=np.float32) - 1.0
-  if standardization == "train_freq":
-    return standardize_genotypes(genotypes, allele_frequencies(genotypes[train]))
-  if standardization == "public_freq":
-    if public_freq is None:
-      raise ValueError(
-          "standardization='public_freq' needs allele frequencies that do not come from the "
-          "samples; only source='simulated' has them. Use 'train_freq' or 'centered'.")
-    return standardize_genotypes(genotypes, public_freq)
-  raise ValueError(f"standardization={standardization!r} must be 'train_freq', "
-                   "'public_freq' or 'centered'.")
+  center, _ = genotype_standardization(genotypes, train, resolved, public_freq)
+  return standardize_genotypes(genotypes, center / 2.0)
 
 
 def _resolve(path: str | os.PathLike | None, default: str, data_dir: str | None,
@@ -591,11 +689,12 @@ class _RealSamples:
 
 def _real_samples(
     source: Source, rng: np.random.Generator, *, n, p, snp_start, gene_id, plink_prefix,
-    expression_path, missing, data_dir) -> _RealSamples:
+    expression_path, missing, data_dir, impute_value=1.0) -> _RealSamples:
   """PLINK genotypes of p SNPs, joined to a gene's expression for "plink_expression"."""
   default = HAPMAP_PREFIX if source == "plink_simulated" else ONEK1K_PREFIX
   plink = load_plink(_resolve(plink_prefix, default, data_dir, f"source={source}"),
-                     snp_start=snp_start, num_snps=p, missing=missing)
+                     snp_start=snp_start, num_snps=p, missing=missing,
+                     impute_value=impute_value)
   snps = f"{plink.source} SNPs {snp_start}..{snp_start + p - 1}"
   rows, expression = np.arange(plink.genotypes.shape[0]), None
   if source == "plink_expression":
@@ -617,7 +716,7 @@ def _real_samples(
 
 
 def _standardize_expression(expression: np.ndarray, train: np.ndarray, gene_id: str):
-  """(y - mean) / sd with the training split's statistics (non-private pre-processing)."""
+  """(y - mean) / sd with the training split's statistics (non-private: NOT covered)."""
   mean, std = expression[train].mean(), expression[train].std()
   if std == 0:
     raise ValueError(f"gene {gene_id} has constant expression over the training samples; "
@@ -635,13 +734,15 @@ def make_eqtl_data(
     seed: int = 0,
     test_fraction: float = 0.2,
     maf_range: tuple[float, float] = (0.05, 0.5),
-    standardization: Standardization = "train_freq",
+    standardization: Standardization = "public",
     plink_prefix: str | os.PathLike | None = None,
     expression_path: str | os.PathLike | None = None,
     gene_id: str | None = None,
     snp_start: int = 0,
-    missing: Literal["impute", "error"] = "impute",
+    missing: Missing = "impute",
     data_dir: str | None = None,
+    expression_standardization: ExpressionStandardization = "none",
+    public_allele_freq: np.ndarray | None = None,
 ) -> EqtlData:
   """Builds one eQTL regression data set, reproducible from `seed`.
 
@@ -655,34 +756,72 @@ def make_eqtl_data(
     h2, num_causal: heritability and number of causal SNPs of simulated expression.
     seed: one integer seeds genotypes, expression, sample choice and split (independent
       streams, so e.g. the split does not change the genotypes).
-    standardization: "train_freq", "public_freq" or "centered"; see the module docstring.
+    standardization: "public" (default: "public_freq" when public frequencies exist, else
+      "centered"), "public_freq", "centered" or "train_freq" (data-dependent, NOT covered);
+      see the module docstring.
     plink_prefix, expression_path: default to HapMap YRI ("plink_simulated") or OneK1K
       chr22 with CD14 monocyte TMM expression ("plink_expression") under the data dir.
-    missing: genotype missing calls: "impute" (mean, logged) or "error".
+    missing: genotype missing calls: "impute" (public dosage 2f from public frequencies,
+      else 1; logged), "impute_mean" (per-SNP mean over all samples, NOT covered) or "error".
+    expression_standardization: real expression "none" (as stored, default) or "train"
+      (training mean and sd, NOT covered).
+    public_allele_freq: (p,) allele frequencies that do not come from these samples (e.g. a
+      reference panel's) for PLINK sources; used by "public"/"public_freq" and imputation.
+      Simulated data use the simulation's MAFs and refuse this argument.
+
+  Returns an EqtlData whose `not_covered` lists every data-dependent choice made.
   """
+  if expression_standardization not in ("none", "train"):
+    raise ValueError(f"expression_standardization={expression_standardization!r} must be "
+                     "'none' or 'train'.")
+  if missing not in ("impute", "impute_mean", "error"):
+    raise ValueError(f"missing={missing!r} must be 'impute', 'impute_mean' or 'error'.")
+  resolve_standardization(standardization, None)  # refuse an unknown name before any reading
   genotype_rng, expression_rng, sample_rng, split_rng = (
       np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
-  metadata = {"source": source, "seed": seed, "standardization": standardization}
+  not_covered = []
   if source == "simulated":
+    if public_allele_freq is not None:
+      raise ValueError("source='simulated' uses the simulation's MAFs as public frequencies; "
+                       "public_allele_freq is for PLINK sources.")
     n = 1000 if n is None else n
     genotypes, public_freq = simulate_genotypes(genotype_rng, n, p, maf_range)
     expression, what = None, f"simulated genotypes, MAF ~ U{tuple(maf_range)}"
   elif source in ("plink_simulated", "plink_expression"):
+    public_freq = None
+    if public_allele_freq is not None:
+      public_freq = np.asarray(public_allele_freq, dtype=np.float64)
+      if public_freq.shape != (p,):
+        raise ValueError(f"public_allele_freq has shape {public_freq.shape}; expected ({p},), "
+                         "one frequency per SNP read.")
+    impute_value = 1.0 if public_freq is None else 2.0 * public_freq
     real = _real_samples(
         source, sample_rng, n=n, p=p, snp_start=snp_start, gene_id=gene_id,
         plink_prefix=plink_prefix, expression_path=expression_path, missing=missing,
-        data_dir=data_dir)
-    genotypes, expression, what, public_freq = real.genotypes, real.expression, real.what, None
-    metadata.update(sample_ids=real.sample_ids, snp_ids=real.snp_ids)
+        data_dir=data_dir, impute_value=impute_value)
+    genotypes, expression, what = real.genotypes, real.expression, real.what
+    if missing == "impute_mean":
+      not_covered.append(NOT_COVERED_MEAN_IMPUTATION)
   else:
     raise ValueError(f"source={source!r} must be 'simulated', 'plink_simulated' or "
                      "'plink_expression'.")
+  resolved = resolve_standardization(standardization, public_freq)
+  metadata = {"source": source, "seed": seed, "standardization": resolved,
+              "expression_standardization": expression_standardization, "missing": missing}
+  if source != "simulated":
+    metadata.update(sample_ids=real.sample_ids, snp_ids=real.snp_ids)
 
   num_samples = genotypes.shape[0]
   train, test = split_samples(split_rng, num_samples, test_fraction)
   if expression is not None:
-    y = _standardize_expression(expression, train, gene_id)
-    what += ", standardised with the training mean and sd"
+    not_covered.append(NOT_COVERED_PUBLISHER_NORMALISATION)
+    if expression_standardization == "train":
+      y = _standardize_expression(expression, train, gene_id)
+      what += ", standardised with the training mean and sd (NOT covered)"
+      not_covered.append(NOT_COVERED_EXPRESSION_TRAIN)
+    else:
+      y = expression
+      what += ", used as stored"
   else:
     # The truth is defined on the sample's own standardisation (public frequencies when
     # simulated); the model's features below may use other statistics, an affine change
@@ -692,10 +831,17 @@ def make_eqtl_data(
         expression_rng, standardize_genotypes(genotypes, generating_freq), h2, num_causal)
     what += f", h2={h2}, {num_causal} causal SNPs"
     metadata.update(h2=h2, num_causal=num_causal, true_beta=beta)
-  x = _features(genotypes, train, standardization, public_freq)
+    if source == "plink_simulated":  # real genotypes: the target couples all samples
+      not_covered.append(NOT_COVERED_SEMI_SYNTHETIC)
+  if resolved == "train_freq":
+    not_covered.append(NOT_COVERED_TRAIN_FREQ)
+  center, scale = genotype_standardization(genotypes, train, resolved, public_freq)
+  x = _features(genotypes, train, resolved, public_freq)
   y = np.asarray(y, dtype=np.float32)
-  metadata.update(n_train=train.size, n_test=test.size, p=x.shape[1])
+  metadata.update(n_train=train.size, n_test=test.size, p=x.shape[1],
+                  genotype_center=center, genotype_scale=scale, not_covered=list(not_covered))
   description = (f"{source}: {what}; N={num_samples} ({train.size} train / {test.size} test), "
-                 f"P={x.shape[1]}, genotypes standardised by {standardization}, seed={seed}")
+                 f"P={x.shape[1]}, genotypes standardised by {resolved}"
+                 f"{' (NOT covered)' if resolved == 'train_freq' else ''}, seed={seed}")
   return EqtlData(x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test],
-                  description=description, metadata=metadata)
+                  description=description, metadata=metadata, not_covered=tuple(not_covered))

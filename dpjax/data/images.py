@@ -132,9 +132,24 @@ def _size_pair(size: Size) -> tuple[int, int]:
   return int(height), int(width)
 
 
+def _class_rng(entropy: Sequence[int], label) -> np.random.Generator:
+  """An RNG of its own for one class: `default_rng([*entropy, label])`.
+
+  One generator per class (not one shared by all classes) makes class selection 1-stable:
+  adding or removing a record of class c changes only class c's draws, never another class's
+  (a shared generator would shift every later class's draws by however many numbers class c
+  consumed).
+  """
+  return np.random.default_rng([*map(int, entropy), int(label) & 0xFFFFFFFF])
+
+
 def _indices_per_class(labels: np.ndarray, max_per_class: int | None,
-                       rng: np.random.Generator) -> np.ndarray:
-  """Sorted indices keeping at most `max_per_class` random examples of each class."""
+                       entropy: Sequence[int]) -> np.ndarray:
+  """Sorted indices keeping at most `max_per_class` random examples of each class.
+
+  Class c's draw uses its own RNG `default_rng([*entropy, c])` (see `_class_rng`), so the
+  records kept of class c depend only on class c's records (in their order).
+  """
   if max_per_class is None:
     return np.arange(len(labels))
   if max_per_class < 1:
@@ -143,20 +158,23 @@ def _indices_per_class(labels: np.ndarray, max_per_class: int | None,
   for label in np.unique(labels):
     members = np.flatnonzero(labels == label)
     if len(members) > max_per_class:
-      members = rng.choice(members, max_per_class, replace=False)
+      members = _class_rng(entropy, label).choice(members, max_per_class, replace=False)
     kept.append(members)
   return np.sort(np.concatenate(kept)) if kept else np.arange(0)
 
 
 def _stratified_holdout(labels: np.ndarray, fraction: float,
                         seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(train_indices, test_indices): `fraction` of each class held out, chosen by `seed`."""
+  """(train_indices, test_indices): `fraction` of each class held out, chosen by `seed`.
+
+  Each class is shuffled by its own RNG (`_class_rng([seed], c)`), so the split of one class
+  does not depend on the other classes' records.
+  """
   if not 0.0 < fraction < 1.0:
     raise ValueError(f"test_fraction must be in (0, 1), got {fraction}")
-  rng = np.random.default_rng(seed)
   train, test = [], []
   for label in np.unique(labels):
-    members = rng.permutation(np.flatnonzero(labels == label))
+    members = _class_rng([seed], label).permutation(np.flatnonzero(labels == label))
     num_test = int(round(fraction * len(members)))
     if len(members) >= 2:  # every class with two examples appears on both sides
       num_test = min(max(num_test, 1), len(members) - 1)
@@ -171,7 +189,7 @@ def _subsample_splits(dataset: ImageDataset, max_per_class: int | None,
     return dataset
   changes = {}
   for offset, (split, (images, labels)) in enumerate(dataset.splits().items()):
-    keep = _indices_per_class(labels, max_per_class, np.random.default_rng([seed, offset]))
+    keep = _indices_per_class(labels, max_per_class, (seed, offset))
     changes[f"{split}_images"], changes[f"{split}_labels"] = images[keep], labels[keep]
   return dataclasses.replace(dataset, **changes)
 
@@ -388,7 +406,7 @@ def load_image_folder(root: str | os.PathLike, *, resize: Size | None = None,
     chosen = by_split[split]
     if not chosen:
       continue
-    keep = _indices_per_class(labels_of(chosen), max_per_class, np.random.default_rng([seed, offset]))
+    keep = _indices_per_class(labels_of(chosen), max_per_class, (seed, offset))
     chosen = [chosen[i] for i in keep]
     pixels = _decode_all([f.read() for f in chosen], resize, channels, f"{source} ({split})")
     arrays[f"{split}_images"] = to_unit_float(pixels)
@@ -450,7 +468,7 @@ def load_aptos(root: str | os.PathLike, *, resize: Size | None = None,
   arrays = {}
   for offset, (split, indices) in enumerate((("train", train_idx), ("test", test_idx))):
     keep = indices[_indices_per_class(labels[indices], max_per_class,
-                                      np.random.default_rng([seed, offset]))]
+                                      (seed, offset))]
     blobs = [paths_found[i].read_bytes() for i in keep]
     arrays[f"{split}_images"] = to_unit_float(_decode_all(blobs, resize, 3, f"{root} ({split})"))
     arrays[f"{split}_labels"] = labels[keep]
@@ -555,7 +573,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *,
     if split not in raw:
       continue
     images, labels = raw[split]
-    keep = _indices_per_class(labels, max_per_class, np.random.default_rng([seed, offset]))
+    keep = _indices_per_class(labels, max_per_class, (seed, offset))
     source = f"tfds {name} ({split})"
     if decode_pixels_ourselves:
       pixels = _decode_all([images[i] for i in keep], resize, None, source)

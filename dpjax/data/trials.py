@@ -12,13 +12,21 @@ Sources:
   * "pbcseq": the Mayo Clinic primary biliary cirrhosis trial (R package survival), lab values
     resampled onto the protocol visit grid.
   * "btheb": the Beat the Blues depression trial (R package HSAUR), one feature at five visits.
+
+Privacy of the scaling. Every divisor is a PUBLIC constant fixed before the data are read
+(an instrument's ceiling, a clinical bound, the published SPRINT constants), and values are
+clipped to it, so the scaled data are a per-participant function of each participant's own
+record: adding or removing one participant changes no one else's row. A data-dependent scale
+(e.g. pbcseq's `scaling="data_max"`, the maximum over all patients, train and test) is a
+statistic of the private data that is released with every scaled trajectory and NOT covered by
+a DP guarantee; such choices are listed in `TrialData.not_covered` for the privacy report.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,6 +46,34 @@ PBCSEQ_FEATURES = ("bili", "albumin", "alk.phos", "ast", "platelet", "protime")
 # Bilirubin, alkaline phosphatase and AST span one to two orders of magnitude with long right
 # tails; on a linear scale a handful of patients would squeeze everyone else near 0.
 PBCSEQ_LOG1P_FEATURES = ("bili", "alk.phos", "ast")
+# Public scaling bounds for the pbcseq labs, in the file's units, fixed a priori from clinical
+# reference ranges (NOT from the data): values are clipped to [0, bound] and divided by the
+# bound (by log1p(bound) after the log1p transform). Reference ranges are the usual adult
+# ones (e.g. MedlinePlus lab test pages; Harrison's Principles of Internal Medicine, appendix
+# of laboratory values); each bound sits well beyond the upper limit of normal (ULN), at a
+# level that only extreme disease reaches:
+#   bili      total serum bilirubin, mg/dL: normal 0.1-1.2; 50 (~40x ULN) is beyond the
+#             deep jaundice of end-stage cholestatic disease.
+#   albumin   serum albumin, g/dL: normal 3.4-5.4; 6.0 is a physiological ceiling (higher
+#             readings are artefacts, e.g. haemoconcentration or data-entry errors).
+#   alk.phos  alkaline phosphatase, U/L: normal ~40-130; 15,000 is ~100x ULN.
+#   ast       aspartate aminotransferase (SGOT), U/L: normal ~10-40; 2,000 is 50x ULN, the
+#             range of acute hepatocellular necrosis, far above PBC's usual < 5x ULN.
+#   platelet  platelet count, 10^3/uL: normal 150-450; 1,000 is the threshold of "extreme
+#             thrombocytosis".
+#   protime   prothrombin time, s: normal ~10-13; 40 (~3x ULN, INR ~3.5-4) is severe
+#             coagulopathy.
+PBCSEQ_CLINICAL_BOUNDS = {"bili": 50.0, "albumin": 6.0, "alk.phos": 15000.0, "ast": 2000.0,
+                          "platelet": 1000.0, "protime": 40.0}
+PBCSEQ_DATA_MAX_NOT_COVERED = (
+    "pbcseq scaled with scaling='data_max': each lab is divided by its maximum over all kept "
+    "patients (train and test), a statistic of the private data released with every scaled "
+    "trajectory; it is NOT covered by the DP guarantee")
+SPRINT_SCALE_NOTE = (
+    "SPRINT scaling constants (233, 137, 7) are maxima of the SPRINT data published by the "
+    "original study (greenelab/SPRINT_gan); they are fixed here (not recomputed; values are "
+    "clipped to them), but their derivation from the same trial predates this analysis and is "
+    "NOT covered by its guarantee")
 PBCSEQ_VISIT_DAYS = (0, 182, 365, 730)
 PBCSEQ_VISIT_NAMES = ("0M", "6M", "12M", "24M")
 
@@ -68,6 +104,9 @@ class TrialData:
     description: provenance and preprocessing, one paragraph.
     transforms: per feature, "identity" or "log1p" (applied before dividing by `scale`).
     ids: participant identifiers from the source, or None for simulated data.
+    not_covered: pre-processing that depends on the private data (or other disclosures) that
+      a DP guarantee on models trained from `x` does NOT cover; quote these in the privacy
+      report. Empty when every step is per-participant with public constants.
   """
   x: np.ndarray
   arm: np.ndarray
@@ -77,6 +116,7 @@ class TrialData:
   description: str
   transforms: tuple[str, ...] | None = None
   ids: tuple[str, ...] | None = None
+  not_covered: tuple[str, ...] = ()
 
   def __post_init__(self):
     n, num_features, num_visits = self.x.shape
@@ -158,17 +198,22 @@ def _find_file(data_dir: pathlib.Path, name: str, subfolder: str) -> pathlib.Pat
 
 
 def _sprint_layout(values: np.ndarray, arm: np.ndarray, description: str,
-                   ids: tuple[str, ...] | None = None) -> TrialData:
-  """SBP, DBP, N_BPCLASSES in original units (N, 3, 12) -> TrialData divided by SPRINT_SCALE."""
+                   ids: tuple[str, ...] | None = None,
+                   not_covered: tuple[str, ...] = ()) -> TrialData:
+  """SBP, DBP, N_BPCLASSES in original units (N, 3, 12) -> TrialData clipped to
+  [0, SPRINT_SCALE] and divided by it, so every value lies in [0, 1]."""
   scale = np.asarray(SPRINT_SCALE)
+  clipped = np.clip(values, 0.0, scale[:, None])
   return TrialData(
-      x=(values / scale[:, None]).astype(np.float32),
+      x=(clipped / scale[:, None]).astype(np.float32),
       arm=arm.astype(np.int32),
       feature_names=SPRINT_FEATURES,
       visit_names=SPRINT_VISITS,
       scale=scale,
       description=description,
-      ids=ids)
+      ids=ids,
+      not_covered=not_covered)
+
 
 def load_sprint(data_dir: str | None) -> TrialData:
   """The SPRINT Challenge files, preprocessed as in greenelab/SPRINT_gan (Preprocess.ipynb).
@@ -182,7 +227,8 @@ def load_sprint(data_dir: str | None) -> TrialData:
     4. a missing DBP or N_BPCLASSES is filled from the participant's previous visit (from the
        next visit when RZ is missing); the notebook instead kept a 0 there, which a generator
        then learns as a real value. Participants with no DBP or no N_BPCLASSES at all are dropped;
-    5. divide SBP, DBP, N_BPCLASSES by 233, 137, 7;
+    5. clip SBP, DBP, N_BPCLASSES to [0, 233], [0, 137], [0, 7] and divide by 233, 137, 7
+       (fixed constants, the maxima the original study published; see SPRINT_SCALE_NOTE);
     6. label INTENSIVE from baseline.csv joined on MASKID; participants without a baseline row
        are dropped.
   """
@@ -230,8 +276,10 @@ def load_sprint(data_dir: str | None) -> TrialData:
       f"at visits {', '.join(SPRINT_VISITS)}; dropped {num_missing_sbp} missing an SBP value, "
       f"{int(never_measured.sum())} never measured for DBP or N_BPCLASSES and "
       f"{int((~has_arm).sum())} without a baseline.csv row; {num_filled} missing DBP/N_BPCLASSES "
-      f"values carried from the previous visit; divided by {SPRINT_SCALE}; arm = INTENSIVE.")
-  return _sprint_layout(values, arm, description, ids=tuple(str(i) for i in ids))
+      f"values carried from the previous visit; clipped to and divided by {SPRINT_SCALE}; "
+      f"arm = INTENSIVE.")
+  return _sprint_layout(values, arm, description, ids=tuple(str(i) for i in ids),
+                        not_covered=(SPRINT_SCALE_NOTE,))
 
 
 def simulate_sprint_like(seed: int, n: int = SPRINT_NUM_PARTICIPANTS) -> TrialData:
@@ -320,7 +368,8 @@ def _pbcseq_arm(trt: pd.Series, path: pathlib.Path) -> pd.Series:
 
 
 def load_pbcseq(data_dir: str | None, visit_days: Sequence[int] = PBCSEQ_VISIT_DAYS,
-                tolerance_days: int = 90, min_observed_visits: int = 3) -> TrialData:
+                tolerance_days: int = 90, min_observed_visits: int = 3,
+                scaling: Literal["clinical", "data_max"] = "clinical") -> TrialData:
   """The Mayo PBC trial's sequential labs on the protocol visit grid.
 
   From `data_dir/trials/survival_pbcseq.csv` (or `data_dir/survival_pbcseq.csv`), 312
@@ -336,9 +385,17 @@ def load_pbcseq(data_dir: str | None, visit_days: Sequence[int] = PBCSEQ_VISIT_D
        212 of 312 patients: those who died or left before 2 years are excluded, so the cohort
        is healthier than the trial's;
     4. features bili, albumin, alk.phos, ast, platelet, protime; bili, alk.phos and ast
-       log1p-transformed; each divided by its maximum over kept patients;
+       log1p-transformed. Scaling:
+         "clinical" (default, privacy-free): each lab clipped to [0, PBCSEQ_CLINICAL_BOUNDS]
+           (public clinical bounds fixed a priori) and divided by the (log1p of the) bound,
+           so x lies in [0, 1] and each row depends on that patient's record only;
+         "data_max": divided by its maximum over all kept patients, train and test (what the
+           study did). A statistic of the private data, released with the scaled
+           trajectories: NOT covered; `not_covered` then holds PBCSEQ_DATA_MAX_NOT_COVERED;
     5. arm 1 = D-penicillamine, 0 = placebo.
   """
+  if scaling not in ("clinical", "data_max"):
+    raise ValueError(f"load_pbcseq: scaling={scaling!r} must be 'clinical' or 'data_max'.")
   root = paths.require_data_dir(data_dir, "load_pbcseq")
   path = _find_file(root, PBCSEQ_FILE, "trials")
   if path is None:
@@ -377,17 +434,27 @@ def load_pbcseq(data_dir: str | None, visit_days: Sequence[int] = PBCSEQ_VISIT_D
 
   transforms = tuple("log1p" if f in PBCSEQ_LOG1P_FEATURES else "identity"
                      for f in PBCSEQ_FEATURES)
+  bounds = np.array([PBCSEQ_CLINICAL_BOUNDS[f] for f in PBCSEQ_FEATURES])
+  if scaling == "clinical":
+    values = np.clip(values, 0.0, bounds[None, :, None])
   for feature, transform in enumerate(transforms):
     if transform == "log1p":
       values[:, feature] = np.log1p(values[:, feature])
-  scale = values.max(axis=(0, 2))
+  if scaling == "clinical":
+    scale = np.where(np.array(transforms) == "log1p", np.log1p(bounds), bounds)
+    how, not_covered = ("clipped to the public clinical bounds "
+                        f"{dict(zip(PBCSEQ_FEATURES, bounds.tolist()))} and divided by them"), ()
+  else:
+    scale = values.max(axis=(0, 2))
+    how, not_covered = "divided by their maxima (data-dependent, NOT private)", (
+        PBCSEQ_DATA_MAX_NOT_COVERED,)
   names = (PBCSEQ_VISIT_NAMES if tuple(visit_days) == PBCSEQ_VISIT_DAYS
            else tuple(f"day{int(d)}" for d in visit_days))
   description = (
       f"Mayo PBC trial ({path}): {len(kept_ids)} of {labs['id'].nunique()} patients observed at "
       f">= {min_observed_visits} of days {visit_days.astype(int).tolist()} (+-{tolerance_days}) "
       f"and followed to the last; gaps carried forward; features {', '.join(PBCSEQ_FEATURES)} "
-      f"({', '.join(PBCSEQ_LOG1P_FEATURES)} log1p) divided by their maxima; "
+      f"({', '.join(PBCSEQ_LOG1P_FEATURES)} log1p) {how}; "
       f"arm 1 = D-penicillamine, 0 = placebo.")
   return TrialData(
       x=(values / scale[:, None]).astype(np.float32),
@@ -397,7 +464,8 @@ def load_pbcseq(data_dir: str | None, visit_days: Sequence[int] = PBCSEQ_VISIT_D
       scale=scale,
       description=description,
       transforms=transforms,
-      ids=tuple(str(i) for i in kept_ids))
+      ids=tuple(str(i) for i in kept_ids),
+      not_covered=not_covered)
 
 
 def load_btheb(data_dir: str | None, min_observed_visits: int = 2) -> TrialData:
@@ -406,8 +474,9 @@ def load_btheb(data_dir: str | None, min_observed_visits: int = 2) -> TrialData:
   From `data_dir/trials/HSAUR_BtheB.csv` (100 patients, wide, with dropout). Keeps patients
   with at least `min_observed_visits` BDI scores (97 with the default), carries the last score
   forward over missed visits (the usual last-observation-carried-forward, which flattens the
-  trajectories of dropouts), divides by 63, the inventory's maximum score. Arm 1 = BtheB
-  (computerised CBT), 0 = TAU (treatment as usual).
+  trajectories of dropouts), clips to [0, 63] and divides by 63, the inventory's maximum score
+  (a public constant: no data-dependent scaling). Arm 1 = BtheB (computerised CBT), 0 = TAU
+  (treatment as usual).
   """
   root = paths.require_data_dir(data_dir, "load_btheb")
   path = _find_file(root, BTHEB_FILE, "trials")
@@ -418,7 +487,8 @@ def load_btheb(data_dir: str | None, min_observed_visits: int = 2) -> TrialData:
   frame = _read_csv(path, ("treatment",) + BTHEB_COLUMNS)
   scores = frame[list(BTHEB_COLUMNS)].to_numpy(np.float64)
   keep = (~np.isnan(scores)).sum(axis=1) >= min_observed_visits
-  values = _fill_forward_then_backward(scores[keep])[:, None, :]
+  # 63 is the instrument's own ceiling (public); clipping only guards against entry errors.
+  values = np.clip(_fill_forward_then_backward(scores[keep]), 0.0, BDI_MAXIMUM_SCORE)[:, None, :]
   treatments = set(frame["treatment"].unique().tolist())
   if not treatments <= {"BtheB", "TAU"}:
     raise ValueError(f"{path}: treatment must be BtheB or TAU, found {sorted(treatments)}.")
@@ -467,7 +537,8 @@ def train_test_split(data: TrialData, test_fraction: float,
 def load_trial_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> TrialData:
   """One of `DATASET_NAMES`; `data_dir` defaults to `paths.default_data_dir()`.
 
-  `seed` only affects "sprint_sim"; the real data sets are deterministic.
+  `seed` only affects "sprint_sim"; the real data sets are deterministic. Every loader's default
+  scaling uses public constants; `TrialData.not_covered` lists what is not covered by DP.
   """
   if name == "sprint_sim":
     return simulate_sprint_like(seed)
