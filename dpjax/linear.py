@@ -35,6 +35,11 @@ Neighbouring data sets differ by adding or removing one sample (x_i, y_i).
    X^T X + lambda I is positive definite with probability >= 1 - rho, and
    lambda_min_private <= lambda_min with high probability) under any calibration.
 
+Secret randomness. The noise comes from a `randomness.PrivateRandomness` (the OS CSPRNG by
+default) under a named stream: `adassp_fit` takes no key or seed, since anyone holding a
+public seed could regenerate the noise and subtract it. `private_sufficient_statistics`
+takes a NumPy Generator that must itself be secret (`randomness.numpy_rng(stream)`).
+
 Not covered by the guarantee: how the features were standardised (see
 dpjax/data/eqtl.py), the choice of bounds if it looked at the data, and floating-point
 attacks on Gaussian sampling (ignored here as in most research code). Under replace-one
@@ -51,6 +56,9 @@ from absl import logging
 import dp_accounting
 import numpy as np
 import scipy.linalg
+
+from dpjax import randomness as randomness_lib
+from dpjax import report
 
 BudgetSplit = Literal["thirds", "joint"]
 _SIGMA_TOLERANCE = 1e-12
@@ -273,7 +281,11 @@ def private_sufficient_statistics(
     delta: float,
     rho: float = 0.05,
 ) -> PrivateStatistics:
-  """AdaSSP steps 1-5 on an already clipped design x (n, d) and targets y (n,)."""
+  """AdaSSP steps 1-5 on an already clipped design x (n, d) and targets y (n,).
+
+  `rng` draws the noise: it must be secret (`randomness.numpy_rng(stream)`), never seeded
+  with a released number.
+  """
   d = x.shape[1]
   xtx, xty = x.T @ x, x.T @ y
   lambda_min = _smallest_eigenvalue_of_gram(xtx, num_rows=x.shape[0])
@@ -307,24 +319,18 @@ def _solve_symmetric(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
       return np.linalg.lstsq(matrix, rhs, rcond=None)[0]
 
 
-def as_numpy_rng(key_or_rng) -> np.random.Generator:
-  """A numpy Generator from a Generator, an integer seed, or a JAX PRNG key."""
-  if isinstance(key_or_rng, np.random.Generator):
-    return key_or_rng
-  if isinstance(key_or_rng, (int, np.integer)) and not isinstance(key_or_rng, bool):
-    return np.random.default_rng(int(key_or_rng))
-  if type(key_or_rng).__module__.startswith("jax"):
-    import jax  # pylint: disable=g-import-not-at-top
-    key = key_or_rng
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-      key = jax.random.key_data(key)
-    return np.random.default_rng(np.asarray(key, dtype=np.uint32).ravel().tolist())
-  raise TypeError(f"expected a numpy Generator, an int seed or a JAX key, got "
-                  f"{type(key_or_rng).__name__}.")
+def _refuse_public_rng(x) -> None:
+  """A clear error for the former `adassp_fit(key_or_rng, x, y, ...)` calls."""
+  dtype = str(getattr(x, "dtype", ""))
+  looks_like_key = "key" in dtype or (dtype == "uint32" and np.shape(x) == (2,))
+  if isinstance(x, (np.random.Generator, int, np.integer)) or looks_like_key:
+    raise TypeError(
+        "adassp_fit(x, y, epsilon, delta, x_bound, y_bound, *, randomness=..., stream=...) takes "
+        "no key, seed or rng any more: its noise comes from `randomness` (the OS CSPRNG by "
+        "default; randomness.PrivateRandomness(secret_seed=...) to reproduce).")
 
 
 def adassp_fit(
-    key_or_rng,
     x: np.ndarray,
     y: np.ndarray,
     epsilon: float,
@@ -332,6 +338,8 @@ def adassp_fit(
     x_bound: float,
     y_bound: float,
     *,
+    randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE,
+    stream: str = "adassp",
     fit_intercept: bool = True,
     rho: float = 0.05,
     budget_split: BudgetSplit = "thirds",
@@ -339,10 +347,12 @@ def adassp_fit(
   """(epsilon, delta)-DP linear regression by adaptive sufficient statistics perturbation.
 
   Args:
-    key_or_rng: numpy Generator, int seed or JAX key; the same one gives the same fit.
     x, y: (n, p) features and (n,) targets.
     epsilon, delta: the total budget; epsilon = inf gives the non-private fit.
     x_bound, y_bound: public bounds; rows are clipped to ||x|| <= x_bound, |y| <= y_bound.
+    randomness: the source of the noise (OS CSPRNG by default); with a secret seed the same
+      (seed, stream) gives the same fit.
+    stream: the name of this fit's randomness; give every fit of a sweep its own.
     fit_intercept: append a constant 1 feature after clipping (its coefficient is the
       intercept and, unlike in ols_fit, is regularised by the ridge lambda too).
     rho: failure probability of the positive-definiteness bound that sets lambda.
@@ -353,10 +363,11 @@ def adassp_fit(
     A LinearFit whose `details` hold the ridge lambda, released lambda_min, noise stds,
     sensitivities and the budget. Clipping counts are not reported: they are not private.
   """
+  _refuse_public_rng(x)
   x, y = _as_float_arrays(x, y, "adassp_fit")
   if not 0 < rho < 1:
     raise ValueError(f"rho={rho} must be in (0, 1).")
-  rng = as_numpy_rng(key_or_rng)
+  rng = randomness.numpy_rng(stream)
   design = clip_rows(x, x_bound)
   row_bound = x_bound
   if fit_intercept:
@@ -373,3 +384,18 @@ def adassp_fit(
       "y_bound": y_bound, "budget_split": budget_split, "rho": rho,
       "ridge_lambda": stats.ridge_lambda, "lambda_min_private": stats.lambda_min,
       "noise_stds": noise_stds, "sensitivities": adassp_sensitivities(row_bound, y_bound)})
+
+
+def adassp_release(fit: LinearFit, name: str, files: list[str]) -> dict:
+  """The privacy-report entry of an output computed from an `adassp_fit` (`dpjax.report`)."""
+  d = fit.details
+  if d.get("method") != "adassp":
+    raise ValueError("adassp_release needs a fit returned by adassp_fit.")
+  epsilon = d["epsilon"]
+  mechanism = ("none (non-private: epsilon = inf)" if math.isinf(epsilon) else
+               f"AdaSSP: Gaussian noise on lambda_min, X^T X and X^T y ({d['budget_split']} "
+               "budget split)")
+  return report.release(name, files, epsilon=epsilon, delta=d["delta"], mechanism=mechanism,
+                        noise_stds=dict(d["noise_stds"]),
+                        sensitivities=dict(d["sensitivities"]), x_bound=d["x_bound"],
+                        y_bound=d["y_bound"], rho=d["rho"])

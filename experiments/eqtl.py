@@ -2,11 +2,18 @@
 
   python -m experiments.eqtl --workdir=runs/eqtl_quick --preset=quick
 
-For each (N, P) row: non-private OLS (closed form), non-private SGD (the same 700 steps
-without clipping or noise), DP-SGD (`dpjax.dp_linear`) and AdaSSP (`dpjax.linear`) at the
-epsilon and delta the DP-SGD run spent. Every R2 is measured on held-out test samples;
-adjusted R2 uses the test size n_test and P (NaN, with the reason in `note`, when
-n_test <= P + 1).
+For each (N, P) row: DP-SGD (`dpjax.dp_linear`) and AdaSSP (`dpjax.linear`) at the epsilon
+and delta the DP-SGD run spent, beside two NON-PRIVATE reference columns computed on the same
+training samples without clipping or noise: OLS (closed form, `R2_OLS_nonprivate`) and SGD
+with the same steps (`R2_SGD_nonprivate`); `--nonprivate_baselines=false` drops them. Every R2
+is measured on held-out test samples; adjusted R2 uses the test size n_test and P (NaN, with
+the reason in `note`, when n_test <= P + 1).
+
+Privacy. Every DP fit (each row, repeat and target epsilon; DP-SGD and AdaSSP) draws its own
+secret noise (and Poisson batches) from the OS CSPRNG under its own stream name; `--seed`
+steers only the public choices (simulation, split). `--reproducible_private_randomness`
+derives the private randomness from `--seed` instead, which then becomes a secret: it is
+redacted from config.json and results and kept in private/secret_seed.json.
 
 Presets:
   quick  a few small rows with the study's privacy settings (seconds).
@@ -17,7 +24,9 @@ Presets:
 Flags override a preset; --n/--p replace its rows by one row.
 
 Outputs in --workdir: config.json, results.json (a list of rows), results.csv, results.md,
-and for the sweep sweep.png.
+for the sweep sweep.png, and privacy_report.{json,md} (one release per DP fit and what the
+guarantee does not cover). Unnoised training statistics (training loss, clipped fraction,
+the OLS rank) go to private/diagnostics.json, never to a released file.
 """
 
 from __future__ import annotations
@@ -33,13 +42,14 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import numpy as np
 import pandas as pd
 
 from dpjax import accounting
 from dpjax import dp_linear
 from dpjax import linear
+from dpjax import randomness as randomness_lib
+from dpjax import report
 from dpjax.data import eqtl
 
 PRESETS = ("quick", "paper", "sweep")
@@ -60,8 +70,14 @@ SWEEP_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 # An epsilon above this is reported with a warning: it bounds nothing in practice.
 MEANINGFUL_EPSILON = 10.0
 
-TABLE_COLUMNS = ("row", "N", "P", "R2", "R2_DP", "R2_adj", "R2_adj_DP", "epsilon",
-                 "R2_AdaSSP", "R2_adj_AdaSSP", "R2_SGD")
+TABLE_COLUMNS = ("row", "N", "P", "R2_OLS_nonprivate", "R2_DP", "R2_adj_OLS_nonprivate",
+                 "R2_adj_DP", "epsilon", "R2_AdaSSP", "R2_adj_AdaSSP", "R2_SGD_nonprivate")
+NONPRIVATE_COLUMNS = ("R2_OLS_nonprivate", "R2_adj_OLS_nonprivate", "R2_SGD_nonprivate")
+# What the released tables must never hold: unnoised statistics of the training samples.
+PRIVATE_KEYS = ("loss", "final_loss", "clipped_fraction", "final_clipped_fraction",
+                "mean_grad_norm", "num_nonfinite", "batch_size", "train_r2", "ols_rank")
+RESULT_FILES = ("results.json", "results.csv", "results.md")
+SWEEP_PLOT = "sweep.png"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +88,15 @@ class Config:
   rows: tuple[tuple[int | None, int], ...] = QUICK_ROWS
   h2: float = 0.9
   num_causal: int = 10
-  standardization: str = "auto"  # public_freq for simulated data, else train_freq
+  # Pre-processing (dpjax/data/eqtl.py): the defaults look at no sample; "train_freq",
+  # missing="impute_mean" and expression_standardization="train" are data-dependent and are
+  # then listed as not covered in the privacy report.
+  standardization: str = "public"
+  expression_standardization: str = "none"
   test_fraction: float = 0.2
   # DP-SGD (the study's defaults).
   steps: int = 700
+  epochs: float | None = None  # instead of steps: sampling.steps_for_epochs
   learning_rate: float = 0.025
   sampling: str = "full"
   batch_size: int | None = None
@@ -92,6 +113,11 @@ class Config:
   adassp_y_bound: float = 3.0
   adassp_budget_split: str = "joint"
   repeats: int = 1
+  # The non-private OLS and SGD reference columns (not covered by the guarantee).
+  nonprivate_baselines: bool = True
+  # Off: the DP noise and batches come from the OS CSPRNG. On: from `seed`, which then is a
+  # secret (redacted from config.json and results, kept in private/secret_seed.json).
+  reproducible_private_randomness: bool = False
   # Real data.
   plink_prefix: str | None = None
   expression_path: str | None = None
@@ -130,6 +156,8 @@ class Config:
       raise ValueError(f"--clip_norm={self.clip_norm} must be > 0.")
     if self.steps < 1:
       raise ValueError(f"--steps={self.steps} must be >= 1.")
+    if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+      raise ValueError(f"--epochs={self.epochs} must be a finite number > 0.")
     if not self.learning_rate > 0:
       raise ValueError(f"--learning_rate={self.learning_rate} must be > 0.")
     if self.sampling not in dp_linear.SAMPLINGS:
@@ -166,17 +194,12 @@ def preset_config(preset: str) -> Config:
 # One row
 
 
-def _standardization(config: Config) -> str:
-  if config.standardization != "auto":
-    return config.standardization
-  return "public_freq" if config.source == "simulated" else "train_freq"
-
-
 def load_row_data(config: Config, n: int | None, p: int, seed: int) -> eqtl.EqtlData:
   """The data of one row; the same (config, n, p, seed) gives the same arrays."""
   return eqtl.make_eqtl_data(
       config.source, n=n, p=p, h2=config.h2, num_causal=min(config.num_causal, p), seed=seed,
-      test_fraction=config.test_fraction, standardization=_standardization(config),
+      test_fraction=config.test_fraction, standardization=config.standardization,
+      expression_standardization=config.expression_standardization,
       plink_prefix=config.plink_prefix, expression_path=config.expression_path,
       gene_id=config.gene_id, snp_start=config.snp_start, missing=config.missing,
       data_dir=config.data_dir)
@@ -185,7 +208,8 @@ def load_row_data(config: Config, n: int | None, p: int, seed: int) -> eqtl.Eqtl
 def _dp_config(config: Config, target_epsilon: float | None, delta: float
                ) -> dp_linear.DPLinearConfig:
   return dp_linear.DPLinearConfig(
-      steps=config.steps, learning_rate=config.learning_rate, sampling=config.sampling,
+      steps=config.steps, epochs=config.epochs, learning_rate=config.learning_rate,
+      sampling=config.sampling,
       batch_size=config.batch_size, noise_multiplier=config.noise_multiplier,
       target_epsilon=target_epsilon, delta=delta, clip_norm=config.clip_norm,
       ridge=config.ridge, accountant=config.accountant)
@@ -197,60 +221,96 @@ def _test_scores(fit, data: eqtl.EqtlData) -> tuple[float, float]:
   return r2, linear.adjusted_r2(r2, data.y_test.size, data.x_test.shape[1])
 
 
-def evaluate(data: eqtl.EqtlData, config: Config, key: jax.Array, *,
-             target_epsilon: float | None, baselines: dict | None = None
-             ) -> tuple[dict[str, Any], dict]:
-  """OLS, non-private SGD, DP-SGD and AdaSSP on one data set; a result row.
+def arm_stream(row: int, repeat: int, target_epsilon: float | None, method: str) -> str:
+  """The name of one fit's private randomness: distinct for every row, repeat, epsilon, method."""
+  # repr, not a rounded format: two close targets must never share randomness.
+  target = "default" if target_epsilon is None else repr(float(target_epsilon))
+  return f"eqtl row {row} repeat {repeat} target_epsilon {target} {method}"
 
-  `baselines` caches the non-private numbers across the epsilons of a sweep.
+
+@dataclasses.dataclass
+class ArmResult:
+  """One row of the table, the DP fits behind it, and its private diagnostics."""
+  row: dict[str, Any]
+  dp_fit: dp_linear.DPLinearFit
+  adassp_fit: linear.LinearFit | None
+  private: dict[str, Any]
+
+
+def nonprivate_baselines(data: eqtl.EqtlData, config: Config, delta: float,
+                         randomness: randomness_lib.PrivateRandomness, stream: str
+                         ) -> tuple[dict, dict]:
+  """(public columns, private diagnostics) of the NON-PRIVATE OLS and SGD references.
+
+  Their held-out R2 is released only as a labelled non-private comparison (the privacy report
+  lists it as not covered); the OLS rank and the SGD training loss stay private.
+  """
+  n_train, p = data.x_train.shape
+  # DP-SGD penalises its mean loss by (ridge/2)||w||^2; the same objective for the
+  # closed form (a sum of squares) has penalty ridge * n_train.
+  clock = time.perf_counter()
+  ols = linear.ols_fit(data.x_train, data.y_train, ridge=config.ridge * n_train)
+  seconds = time.perf_counter() - clock
+  sgd_config = dataclasses.replace(_dp_config(config, None, delta), noise_multiplier=0.0,
+                                   clip_norm=math.inf)
+  sgd = dp_linear.dp_linear_regression(data.x_train, data.y_train, sgd_config,
+                                       randomness=randomness, stream=stream)
+  r2, r2_adj = _test_scores(ols, data)
+  public = {"R2_OLS_nonprivate": r2, "R2_adj_OLS_nonprivate": r2_adj,
+            "R2_SGD_nonprivate": _test_scores(sgd, data)[0], "seconds_ols": seconds,
+            "notes": ["non-private OLS under-determined"] if ols.warning else []}
+  private = {"ols_rank": ols.details["rank"],
+             "sgd_nonprivate": dp_linear.private_summary(sgd)}
+  return public, private
+
+
+def evaluate(data: eqtl.EqtlData, config: Config, randomness: randomness_lib.PrivateRandomness,
+             *, row: int, repeat: int, target_epsilon: float | None,
+             baselines: tuple[dict, dict] | None = None) -> tuple[ArmResult, tuple | None]:
+  """DP-SGD and AdaSSP (and the non-private references) on one data set: one table row.
+
+  Each DP fit draws its own secret randomness (`arm_stream`). `baselines` caches the
+  non-private numbers across the epsilons of a sweep.
   """
   n_train, p = data.x_train.shape
   n_test = data.x_test.shape[0]
   delta = dp_linear.default_delta(n_train) if config.delta is None else config.delta
-  notes = []
-  if baselines is None:
-    # DP-SGD penalises its mean loss by (ridge/2)||w||^2; the same objective for the
-    # closed form (a sum of squares) has penalty ridge * n_train.
-    clock = time.perf_counter()
-    ols = linear.ols_fit(data.x_train, data.y_train, ridge=config.ridge * n_train)
-    ols_seconds = time.perf_counter() - clock
-    if ols.warning:
-      notes.append(f"OLS under-determined (rank {ols.details['rank']} < P={p})")
-    sgd_config = dataclasses.replace(_dp_config(config, None, delta), noise_multiplier=0.0,
-                                     clip_norm=math.inf)
-    sgd = dp_linear.dp_linear_regression(key, data.x_train, data.y_train, sgd_config)
-    r2, r2_adj = _test_scores(ols, data)
-    baselines = {"R2": r2, "R2_adj": r2_adj, "R2_SGD": _test_scores(sgd, data)[0],
-                 "notes": notes, "seconds_ols": ols_seconds}
-  notes = list(baselines["notes"])
+  if config.nonprivate_baselines and baselines is None:
+    baselines = nonprivate_baselines(data, config, delta, randomness,
+                                     arm_stream(row, repeat, None, "sgd (non-private)"))
+  public_baselines, private_baselines = baselines or ({"notes": []}, {})
+  notes = list(public_baselines["notes"])
   reason = linear.adjusted_r2_undefined_reason(n_test, p)
   if reason:
     notes.append(reason.replace("n=", "n_test="))
 
-  noise_key, adassp_key = jax.random.split(key)
   clock = time.perf_counter()
   dp_fit = dp_linear.dp_linear_regression(
-      noise_key, data.x_train, data.y_train, _dp_config(config, target_epsilon, delta),
-      seed=config.seed)
+      data.x_train, data.y_train, _dp_config(config, target_epsilon, delta),
+      randomness=randomness, stream=arm_stream(row, repeat, target_epsilon, "dp-sgd"))
   r2_dp, r2_adj_dp = _test_scores(dp_fit, data)
   dp_seconds, clock = time.perf_counter() - clock, time.perf_counter()
-  row = {"N": n_train + n_test, "P": p, "n_train": n_train, "n_test": n_test,
-         "R2": baselines["R2"], "R2_DP": r2_dp, "R2_adj": baselines["R2_adj"],
-         "R2_adj_DP": r2_adj_dp, "epsilon": dp_fit.epsilon, "delta": dp_fit.delta,
-         "target_epsilon": math.nan if target_epsilon is None else target_epsilon,
-         "noise_multiplier": dp_fit.noise_multiplier, "clip_norm": dp_fit.clip_norm,
-         "clipped_fraction": float(dp_fit.clipped_fraction[-1]),
-         "R2_SGD": baselines["R2_SGD"], "R2_AdaSSP": math.nan, "R2_adj_AdaSSP": math.nan}
+  result = {"N": n_train + n_test, "P": p, "n_train": n_train, "n_test": n_test,
+            "R2_DP": r2_dp, "R2_adj_DP": r2_adj_dp, "epsilon": dp_fit.epsilon,
+            "delta": dp_fit.delta,
+            "target_epsilon": math.nan if target_epsilon is None else target_epsilon,
+            "noise_multiplier": dp_fit.noise_multiplier, "clip_norm": dp_fit.clip_norm,
+            "steps": dp_fit.steps, "R2_AdaSSP": math.nan, "R2_adj_AdaSSP": math.nan}
+  if config.nonprivate_baselines:
+    result.update({k: public_baselines[k] for k in NONPRIVATE_COLUMNS})
+  adassp = None
   if config.adassp:
     x_bound = config.adassp_x_bound or math.sqrt(p)
-    adassp = linear.adassp_fit(adassp_key, data.x_train, data.y_train, dp_fit.epsilon,
-                               dp_fit.delta, x_bound, config.adassp_y_bound,
-                               budget_split=config.adassp_budget_split)
-    row["R2_AdaSSP"], row["R2_adj_AdaSSP"] = _test_scores(adassp, data)
-  row.update(seconds_ols=baselines["seconds_ols"], seconds_dp=dp_seconds,
-             seconds_adassp=time.perf_counter() - clock)
-  row["note"] = "; ".join(notes)
-  return row, baselines
+    adassp = linear.adassp_fit(data.x_train, data.y_train, dp_fit.epsilon, dp_fit.delta,
+                               x_bound, config.adassp_y_bound,
+                               budget_split=config.adassp_budget_split, randomness=randomness,
+                               stream=arm_stream(row, repeat, target_epsilon, "adassp"))
+    result["R2_AdaSSP"], result["R2_adj_AdaSSP"] = _test_scores(adassp, data)
+  result.update(seconds_ols=public_baselines.get("seconds_ols", math.nan),
+                seconds_dp=dp_seconds, seconds_adassp=time.perf_counter() - clock)
+  result["note"] = "; ".join(notes)
+  private = {"dp_sgd": dp_linear.private_summary(dp_fit), **private_baselines}
+  return ArmResult(row=result, dp_fit=dp_fit, adassp_fit=adassp, private=private), baselines
 
 
 # ----------------------------------------------------------------------------
@@ -289,10 +349,12 @@ def sweep_summary(rows: list[dict]) -> list[dict]:
   """Mean and sd over repeats of each method's R2, per target epsilon."""
   frame = pd.DataFrame(rows)
   summary = []
+  methods = [c for c in ("R2_OLS_nonprivate", "R2_SGD_nonprivate", "R2_DP", "R2_AdaSSP")
+             if c in frame.columns]
   for target, group in frame.groupby("target_epsilon", sort=True):
     entry = {"target_epsilon": target, "epsilon": group["epsilon"].max(),
              "noise_multiplier": group["noise_multiplier"].iloc[0], "repeats": len(group)}
-    for column in ("R2", "R2_SGD", "R2_DP", "R2_AdaSSP"):
+    for column in methods:
       entry[column] = group[column].mean()
       entry[column + "_sd"] = group[column].std(ddof=1) if len(group) > 1 else math.nan
     summary.append(entry)
@@ -315,7 +377,9 @@ def plot_sweep(summary: list[dict], path: str, title: str) -> None:
     means = np.array([s[column] for s in summary])
     sds = np.nan_to_num(np.array([s[column + "_sd"] for s in summary]))
     ax.errorbar(xs, means, yerr=sds, marker=marker, capsize=3, label=label)
-  ax.axhline(summary[0]["R2"], color="k", linestyle="--", label="OLS (non-private)")
+  if "R2_OLS_nonprivate" in summary[0]:
+    ax.axhline(summary[0]["R2_OLS_nonprivate"], color="k", linestyle="--",
+               label="OLS (NON-PRIVATE reference)")
   ax.axhline(0.0, color="grey", linewidth=0.8, label="predicting the mean (R2 = 0)")
   lowest = min(min(s["R2_DP"], s["R2_AdaSSP"]) for s in summary)
   if lowest < -1:  # a few catastrophic points would squash the informative range
@@ -359,74 +423,204 @@ def _study_epsilon_sentence(config: Config) -> str:
           "in practice.")
 
 
-def write_outputs(workdir: str, config: Config, rows: list[dict]) -> dict:
+def _table_columns(config: Config) -> list[str]:
+  columns = [c for c in TABLE_COLUMNS
+             if config.nonprivate_baselines or c not in NONPRIVATE_COLUMNS]
+  columns += ["delta", "noise_multiplier", "clip_norm", "note"]
+  if config.epochs is not None:
+    columns.insert(columns.index("delta"), "steps")
+  if config.epsilons:
+    columns.insert(columns.index("epsilon"), "target_epsilon")
+  return columns
+
+
+def _header(config: Config) -> list[str]:
+  steps = (f"{config.steps} steps" if config.epochs is None
+           else f"{_format(config.epochs)} epochs")
+  text = (f"# eQTL: DP linear regression ({config.preset} preset, source={config.source})\n\n"
+          f"Held-out R2 of DP-SGD (R2_DP, {steps}, lr {config.learning_rate}, {config.sampling} "
+          "batch) and AdaSSP at the same (epsilon, delta) (R2_AdaSSP). ")
+  if config.nonprivate_baselines:
+    text += ("**NON-PRIVATE references**, not covered by any guarantee: OLS (R2_OLS_nonprivate, "
+             "R2_adj_OLS_nonprivate) and SGD with the same steps without clipping or noise "
+             "(R2_SGD_nonprivate), fitted on the same training samples. ")
+  text += ("Adjusted R2 uses the test size n_test and P (n/a when n_test <= P + 1). epsilon is "
+           f"the accountant's ({config.accountant}) at the delta column; what each number "
+           "costs and what is not covered: privacy_report.md.")
+  return [text, ""]
+
+
+def write_outputs(workdir: str, config: Config, rows: list[dict],
+                  randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE) -> dict:
+  """results.{json,csv,md} (and sweep.png): DP outputs, public numbers and held-out R2 only."""
   os.makedirs(workdir, exist_ok=True)
+  if not randomness.secure:  # the data seeds are --seed + offsets: they would reveal the secret
+    rows = [{k: v for k, v in r.items() if k != "seed"} for r in rows]
+  leaked = sorted({k for r in rows for k in r if k in PRIVATE_KEYS})
+  if leaked:
+    raise ValueError(f"refusing to release unnoised training statistics {leaked} in results.")
   json_rows = [{k: _json_value(v) for k, v in r.items()} for r in rows]
-  with open(os.path.join(workdir, "results.json"), "w") as f:
+  outputs = {name.replace(".", "_"): os.path.join(workdir, name) for name in RESULT_FILES}
+  with open(outputs["results_json"], "w") as f:
     json.dump(json_rows, f, indent=1)
-  pd.DataFrame(rows).to_csv(os.path.join(workdir, "results.csv"), index=False)
-  outputs = {"results_json": os.path.join(workdir, "results.json"),
-             "results_csv": os.path.join(workdir, "results.csv"),
-             "results_md": os.path.join(workdir, "results.md")}
-  lines = [f"# eQTL: DP linear regression ({config.preset} preset, source={config.source})", "",
-           f"Held-out R2 of OLS (R2), DP-SGD (R2_DP, {config.steps} steps, lr "
-           f"{config.learning_rate}, {config.sampling} batch), AdaSSP at the same (epsilon, delta) "
-           "(R2_AdaSSP) and non-private SGD with the same steps (R2_SGD). Adjusted R2 uses the "
-           "test size n_test and P (n/a when n_test <= P + 1). epsilon is the accountant's "
-           f"({config.accountant}) at the delta column.", ""]
+  pd.DataFrame(rows).to_csv(outputs["results_csv"], index=False)
+  lines = _header(config)
   summary = None
   if config.epsilons:
     summary = sweep_summary(rows)
-    columns = ["target_epsilon", "epsilon", "noise_multiplier", "repeats", "R2", "R2_SGD",
-               "R2_DP", "R2_DP_sd", "R2_AdaSSP", "R2_AdaSSP_sd"]
+    columns = ["target_epsilon", "epsilon", "noise_multiplier", "repeats"]
+    if config.nonprivate_baselines:
+      columns += ["R2_OLS_nonprivate", "R2_SGD_nonprivate"]
+    columns += ["R2_DP", "R2_DP_sd", "R2_AdaSSP", "R2_AdaSSP_sd"]
     lines += [f"Mean (sd) over {config.repeats} repeats:", "", markdown_table(summary, columns),
               "", "All runs:", ""]
-    plot_path = os.path.join(workdir, "sweep.png")
+    plot_path = os.path.join(workdir, SWEEP_PLOT)
     first = rows[0]
     plot_sweep(summary, plot_path, f"{config.source}, N={first['N']}, P={first['P']}, "
                f"h2={config.h2}, delta={first['delta']:g}")
     outputs["plot"] = plot_path
-  columns = list(TABLE_COLUMNS) + ["delta", "noise_multiplier", "clip_norm", "note"]
-  if config.epsilons:
-    columns.insert(columns.index("epsilon"), "target_epsilon")
-  lines += [markdown_table(rows, columns), "", _study_epsilon_sentence(config), ""]
+  lines += [markdown_table(rows, _table_columns(config)), "", _study_epsilon_sentence(config), ""]
   with open(outputs["results_md"], "w") as f:
     f.write("\n".join(lines))
   return {"outputs": outputs, "summary": summary}
 
 
 # ----------------------------------------------------------------------------
+# The privacy report
+
+
+def _arm_label(row: dict, config: Config) -> str:
+  label = f"row {row['row']} (N={row['N']}, P={row['P']})"
+  if config.repeats > 1:
+    label += f" repeat {row['repeat'] + 1}"
+  if config.epsilons or config.target_epsilon is not None:
+    label += f" target epsilon {_format(row['target_epsilon'])}"
+  return label
+
+
+def released_files(config: Config) -> list[str]:
+  return list(RESULT_FILES) + ([SWEEP_PLOT] if config.epsilons else [])
+
+
+def privacy_releases(config: Config, arms: list[ArmResult]) -> list[dict]:
+  """One report entry per DP fit: its held-out R2 is what the released files hold of it."""
+  files = released_files(config)
+  releases = []
+  for arm in arms:
+    label = _arm_label(arm.row, config)
+    releases.append(arm.dp_fit.release(f"DP-SGD fit, {label}: held-out R2_DP, R2_adj_DP", files))
+    if arm.adassp_fit is not None:
+      releases.append(linear.adassp_release(
+          arm.adassp_fit, f"AdaSSP fit, {label}: held-out R2_AdaSSP, R2_adj_AdaSSP", files))
+  return releases
+
+
+def not_covered(config: Config, data_not_covered: list[str], arms: list[ArmResult]) -> list[str]:
+  """What the guarantee does not cover, in plain words, for privacy_report.json."""
+  items = list(dict.fromkeys(data_not_covered))
+  if config.nonprivate_baselines:
+    items.append("the NON-PRIVATE OLS and SGD baseline columns (R2_OLS_nonprivate, "
+                 "R2_adj_OLS_nonprivate, R2_SGD_nonprivate, the OLS line of sweep.png and the "
+                 "'non-private OLS under-determined' note): fitted on the training samples "
+                 "without clipping or noise, a labelled reference only; drop them with "
+                 "--nonprivate_baselines=false")
+  if any(not math.isfinite(a.dp_fit.epsilon) for a in arms):
+    items.append("the epsilon = inf fits (no noise): R2_DP and R2_AdaSSP at epsilon inf are "
+                 "non-private")
+  items += [
+      "the held-out test samples: every R2 is computed on them in the clear (the guarantee "
+      "covers the training samples only)",
+      "any tuning of --learning_rate, --steps/--epochs, --clip_norm or the AdaSSP bounds on "
+      "these data (the defaults are the study's settings and depend only on P)",
+      "floating-point side channels of Gaussian noise sampling",
+  ]
+  return items
+
+
+def privacy_notes(config: Config, arms: list[ArmResult]) -> list[str]:
+  """Composition across releases and what a huge epsilon means."""
+  by_data: dict[tuple, list[float]] = {}
+  for arm in arms:
+    costs = [arm.dp_fit.epsilon] + ([arm.adassp_fit.details["epsilon"]] if arm.adassp_fit else [])
+    # The epsilon = inf fits are listed as not covered; summing them would hide the others.
+    by_data.setdefault((arm.row["row"], arm.row["repeat"]), []).extend(
+        c for c in costs if math.isfinite(c))
+  worst = max(sum(c) for c in by_data.values())
+  notes = [f"Fits on the same training samples compose: within one row and repeat all DP-SGD "
+           f"and AdaSSP fits (every target epsilon) use the same samples; by basic composition "
+           f"their outputs together cost at most epsilon {_format(worst)} (the largest such "
+           "sum over the finite-epsilon fits), with the deltas added."]
+  if config.source == "simulated":
+    notes.append("Simulated rows and repeats draw independent samples, so they do not compose.")
+  else:
+    total = sum(sum(c) for c in by_data.values())
+    notes.append(f"Source {config.source}: rows and repeats re-use the same donors, so the "
+                 f"whole table costs at most {_format(total)} by basic composition.")
+  if any(math.isfinite(a.dp_fit.epsilon) and a.dp_fit.epsilon > MEANINGFUL_EPSILON for a in arms):
+    notes.append(f"An epsilon above {MEANINGFUL_EPSILON:g} bounds nothing in practice. "
+                 + _study_epsilon_sentence(config))
+  return notes
+
+
+# ----------------------------------------------------------------------------
 # The experiment
+
+
+def _write_config(workdir: str, config: Config,
+                  randomness: randomness_lib.PrivateRandomness) -> None:
+  values = {k: _json_value(v) for k, v in dataclasses.asdict(config).items()}
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(randomness_lib.redact(values, randomness), f, indent=1)
+  if not randomness.secure:
+    with open(os.path.join(report.private_dir(workdir), "secret_seed.json"), "w") as f:
+      json.dump({"seed": config.seed, "note": "keys every private draw of this run "
+                 "(--reproducible_private_randomness): never release it"}, f, indent=1)
+
+
+def _write_private(workdir: str, arms: list[ArmResult]) -> str:
+  path = os.path.join(report.private_dir(workdir), "diagnostics.json")
+  entries = [{"row": a.row["row"], "repeat": a.row["repeat"], "seed": a.row["seed"],
+              "target_epsilon": _json_value(a.row["target_epsilon"]),
+              **{k: v for k, v in a.private.items()},
+              "dp_sgd_loss_per_step": [float(v) for v in a.dp_fit.private_diagnostics["loss"]]}
+             for a in arms]
+  with open(path, "w") as f:
+    json.dump(entries, f, indent=1, default=_json_value)
+  return path
 
 
 def train_and_evaluate(config: Config, workdir: str) -> dict:
   """Runs every row (and every epsilon of a sweep) and writes the outputs; returns them."""
   config.validate()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump({k: _json_value(v) for k, v in dataclasses.asdict(config).items()}, f, indent=1)
+  randomness = randomness_lib.from_flag(config.reproducible_private_randomness, config.seed)
+  _write_config(workdir, config, randomness)
   targets = config.epsilons or (config.target_epsilon,)
   jobs = [(i, n, p, r) for i, (n, p) in enumerate(config.rows) for r in range(config.repeats)]
-  rows, warned = [], False
+  arms, data_not_covered, warned = [], [], False
   start = time.perf_counter()
   for job, (i, n, p, repeat) in enumerate(jobs):
     seed = config.seed + i + 1000 * repeat
     data = load_row_data(config, n, p, seed)
+    data_not_covered += list(data.not_covered)
     if job == 0:
       logging.info("data: %s", data.description)
     baselines = None
     for target in targets:
       row_start = time.perf_counter()
-      key = jax.random.fold_in(jax.random.key(config.seed), job)
-      row, baselines = evaluate(data, config, key, target_epsilon=target, baselines=baselines)
-      row = {"row": i, "repeat": repeat, "seed": seed, **row,
-             "seconds": time.perf_counter() - row_start}
-      rows.append(row)
+      arm, baselines = evaluate(data, config, randomness, row=i, repeat=repeat,
+                                target_epsilon=target, baselines=baselines)
+      arm.row = {"row": i, "repeat": repeat, "seed": seed, **arm.row,
+                 "seconds": time.perf_counter() - row_start}
+      arms.append(arm)
+      row = arm.row
       logging.info(
-          "row %d/%d%s N=%d P=%d: R2=%.4f R2_DP=%.4f R2_AdaSSP=%.4f R2_SGD=%.4f epsilon=%s "
-          "(sigma=%.3g, delta=%g) %.1fs%s", i + 1, len(config.rows),
+          "row %d/%d%s N=%d P=%d: R2_DP=%.4f R2_AdaSSP=%.4f%s epsilon=%s (sigma=%.3g, "
+          "delta=%g) %.1fs%s", i + 1, len(config.rows),
           f" repeat {repeat + 1}/{config.repeats}" if config.repeats > 1 else "",
-          row["N"], row["P"], row["R2"], row["R2_DP"], row["R2_AdaSSP"], row["R2_SGD"],
+          row["N"], row["P"], row["R2_DP"], row["R2_AdaSSP"],
+          (f" | non-private: R2_OLS={row['R2_OLS_nonprivate']:.4f} "
+           f"R2_SGD={row['R2_SGD_nonprivate']:.4f}") if config.nonprivate_baselines else "",
           _format(row["epsilon"]), row["noise_multiplier"], row["delta"], row["seconds"],
           f" [{row['note']}]" if row["note"] else "")
       if not warned and row["epsilon"] > MEANINGFUL_EPSILON:
@@ -434,10 +628,18 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         logging.warning(
             "epsilon=%s gives no meaningful privacy guarantee; pass e.g. --target_epsilon=1 "
             "(or --preset=sweep) for a real one.", _format(row["epsilon"]))
-  written = write_outputs(workdir, config, rows)
-  logging.info("wrote %s in %.1fs", ", ".join(written["outputs"].values()),
+  rows = [arm.row for arm in arms]
+  written = write_outputs(workdir, config, rows, randomness)
+  private_path = _write_private(workdir, arms)
+  report_json, report_md = report.write_privacy_report(
+      workdir, privacy_releases(config, arms), randomness,
+      not_covered=not_covered(config, data_not_covered, arms),
+      notes=privacy_notes(config, arms))
+  written["outputs"].update(privacy_report_json=report_json, privacy_report_md=report_md)
+  logging.info("wrote %s (private diagnostics: %s) in %.1fs",
+               ", ".join(written["outputs"].values()), private_path,
                time.perf_counter() - start)
-  return {"rows": rows, **written}
+  return {"rows": rows, "arms": arms, **written}
 
 
 # ----------------------------------------------------------------------------
@@ -454,7 +656,12 @@ def define_flags() -> None:
   flags.DEFINE_float("h2", None, "Heritability of simulated expression.")
   flags.DEFINE_integer("num_causal", None, "Causal SNPs of simulated expression (capped at P).")
   flags.DEFINE_string("standardization", None,
-                      "auto, train_freq, public_freq or centered (see dpjax/data/eqtl.py).")
+                      "Genotype standardisation: public (default: public allele frequencies, "
+                      "else centred), public_freq, centered, or train_freq (data-dependent: "
+                      "listed as not covered in privacy_report.md); see dpjax/data/eqtl.py.")
+  flags.DEFINE_string("expression_standardization", None,
+                      "Real expression: none (as stored, default) or train (training mean and "
+                      "sd: data-dependent, listed as not covered).")
   flags.DEFINE_float("test_fraction", None, "Share of samples held out for R2.")
   flags.DEFINE_float("target_epsilon", None, "Calibrate the noise to spend this epsilon.")
   flags.DEFINE_float("noise_multiplier", None, "Noise std / clip norm (without --target_epsilon).")
@@ -462,12 +669,18 @@ def define_flags() -> None:
   flags.DEFINE_float("delta", None, "Target delta (paper/quick 1e-6, sweep 1e-5).")
   flags.DEFINE_float("clip_norm", None, "Per-example clip norm (default sqrt(P + 1)).")
   flags.DEFINE_integer("steps", None, "DP-SGD iterations (study: 700).")
+  flags.DEFINE_float("epochs", None, "Instead of --steps: ceil(epochs * N / batch) steps.")
   flags.DEFINE_float("learning_rate", None, "SGD learning rate (study: 0.025).")
   flags.DEFINE_string("sampling", None, "full (study) or poisson (needs --batch_size).")
   flags.DEFINE_integer("batch_size", None, "Expected Poisson batch size.")
   flags.DEFINE_float("ridge", None, "L2 penalty (ridge/2)||w||^2 on the mean loss of OLS and "
                      "DP-SGD (added after the noise: no privacy cost).")
   flags.DEFINE_integer("repeats", None, "Repeats per row with different seeds.")
+  flags.DEFINE_boolean("nonprivate_baselines", None, "Also report the NON-PRIVATE OLS and SGD "
+                       "reference columns (default true; listed as not covered).")
+  flags.DEFINE_boolean("reproducible_private_randomness", None,
+                       "Derive the DP noise and batches from --seed (which then is a secret, "
+                       "redacted from config.json) instead of the OS CSPRNG (default false).")
   flags.DEFINE_float("adassp_x_bound", None, "AdaSSP public bound on ||x|| (default sqrt(P)).")
   flags.DEFINE_float("adassp_y_bound", None, "AdaSSP public bound on |y| (default 3).")
   flags.DEFINE_string("plink_prefix", None, "PLINK prefix (default HapMap YRI or OneK1K "
@@ -475,17 +688,21 @@ def define_flags() -> None:
   flags.DEFINE_string("expression_path", None, "Expression BED (default OneK1K CD14 TMM).")
   flags.DEFINE_string("gene_id", None, "Gene of --source=plink_expression.")
   flags.DEFINE_integer("snp_start", None, "First SNP index for PLINK sources.")
-  flags.DEFINE_string("missing", None, "Missing genotype calls: impute or error.")
+  flags.DEFINE_string("missing", None, "Missing genotype calls: impute (public dosage, "
+                      "default), impute_mean (data-dependent: listed as not covered) or error.")
   flags.DEFINE_string("data_dir", None, "Real data directory (default $DPJAX_DATA_DIR or "
                       "../shared/data).")
-  flags.DEFINE_integer("seed", None, "Seed of data, split and noise.")
+  flags.DEFINE_integer("seed", None, "Seed of the public choices (simulation, sample choice, "
+                       "split); the DP noise comes from the OS CSPRNG unless "
+                       "--reproducible_private_randomness.")
 
 
-_OVERRIDES = ("source", "h2", "num_causal", "standardization", "test_fraction", "target_epsilon",
-              "noise_multiplier", "delta", "clip_norm", "steps", "learning_rate", "sampling",
-              "batch_size", "ridge", "repeats", "adassp_x_bound", "adassp_y_bound",
-              "plink_prefix", "expression_path", "gene_id", "snp_start", "missing", "data_dir",
-              "seed")
+_OVERRIDES = ("source", "h2", "num_causal", "standardization", "expression_standardization",
+              "test_fraction", "target_epsilon", "noise_multiplier", "delta", "clip_norm",
+              "steps", "epochs", "learning_rate", "sampling", "batch_size", "ridge", "repeats",
+              "nonprivate_baselines", "reproducible_private_randomness", "adassp_x_bound",
+              "adassp_y_bound", "plink_prefix", "expression_path", "gene_id", "snp_start",
+              "missing", "data_dir", "seed")
 
 
 def config_from_flags(values: dict) -> Config:

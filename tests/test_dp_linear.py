@@ -12,6 +12,8 @@ from dpjax import accounting
 from dpjax import clipping
 from dpjax import dp_linear
 from dpjax import linear
+from dpjax import noise
+from dpjax import randomness
 
 
 def _regression(seed, n=64, p=6, noise=0.1):
@@ -62,11 +64,12 @@ def test_zero_noise_and_no_clipping_converges_to_ols():
   x, y = _regression(2)
   config = dp_linear.DPLinearConfig(steps=700, learning_rate=0.1, noise_multiplier=0.0,
                                     clip_norm=math.inf)
-  fit = dp_linear.dp_linear_regression(jax.random.key(0), x, y, config)
+  fit = dp_linear.dp_linear_regression(x, y, config)
   ols = linear.ols_fit(x, y)
   np.testing.assert_allclose(fit.coef, ols.coef, atol=2e-4)
   np.testing.assert_allclose(fit.intercept, ols.intercept, atol=2e-4)
-  assert fit.epsilon == math.inf and fit.loss[-1] < fit.loss[0]
+  loss = fit.private_diagnostics["loss"]
+  assert fit.epsilon == math.inf and loss[-1] < loss[0]
 
 
 def test_ridge_converges_to_ridge_solution_with_unpenalised_intercept():
@@ -74,7 +77,7 @@ def test_ridge_converges_to_ridge_solution_with_unpenalised_intercept():
   ridge = 0.5
   config = dp_linear.DPLinearConfig(steps=2000, learning_rate=0.1, noise_multiplier=0.0,
                                     clip_norm=math.inf, ridge=ridge)
-  fit = dp_linear.dp_linear_regression(jax.random.key(0), x, y, config)
+  fit = dp_linear.dp_linear_regression(x, y, config)
   # The mean loss 0.5 mean(r^2) + ridge/2 ||w||^2 is minimised by OLS ridge with N * ridge.
   reference = linear.ols_fit(x, y, ridge=ridge * x.shape[0])
   np.testing.assert_allclose(fit.coef, reference.coef, atol=2e-4)
@@ -86,7 +89,7 @@ def test_epsilon_is_the_accountants_for_the_run(sampling, batch_size):
   x, y = _regression(4)
   config = dp_linear.DPLinearConfig(steps=30, noise_multiplier=1.3, delta=1e-4,
                                     sampling=sampling, batch_size=batch_size)
-  fit = dp_linear.dp_linear_regression(jax.random.key(1), x, y, config)
+  fit = dp_linear.dp_linear_regression(x, y, config)
   phase = accounting.PrivacyPhase(1.3, 64, batch_size or 64, sampling, steps=30)
   assert fit.epsilon == pytest.approx(accounting.compute_epsilon([phase], 1e-4), rel=1e-12)
   assert fit.ledger.steps == 30 and fit.clip_norm == pytest.approx(math.sqrt(7))
@@ -95,7 +98,7 @@ def test_epsilon_is_the_accountants_for_the_run(sampling, batch_size):
 def test_target_epsilon_is_calibrated_and_met():
   x, y = _regression(5)
   config = dp_linear.DPLinearConfig(steps=50, target_epsilon=2.0, delta=1e-5)
-  fit = dp_linear.dp_linear_regression(jax.random.key(2), x, y, config)
+  fit = dp_linear.dp_linear_regression(x, y, config)
   assert 2.0 * 0.99 - 1e-9 <= fit.epsilon <= 2.0
   expected = accounting.calibrate_noise_multiplier(
       2.0, 1e-5, accounting.PrivacyPhase(1.0, 64, 64, "full", steps=50))
@@ -106,21 +109,92 @@ def test_vmap_and_linear_clip_methods_give_the_same_run():
   x, y = _regression(6)
   config = dp_linear.DPLinearConfig(steps=15, noise_multiplier=0.8, clip_norm=0.5,
                                     sampling="poisson", batch_size=20)
-  fast = dp_linear.dp_linear_regression(jax.random.key(3), x, y, config, seed=7)
+  secret = randomness.PrivateRandomness(secret_seed=7)  # the same secret noise and batches
+  fast = dp_linear.dp_linear_regression(x, y, config, randomness=secret, stream="s")
   generic = dp_linear.dp_linear_regression(
-      jax.random.key(3), x, y, dataclasses.replace(config, clip_method="vmap"), seed=7)
+      x, y, dataclasses.replace(config, clip_method="vmap"), randomness=secret, stream="s")
   np.testing.assert_allclose(fast.coef, generic.coef, atol=1e-5)
-  np.testing.assert_allclose(fast.loss, generic.loss, rtol=1e-4)
+  np.testing.assert_allclose(fast.private_diagnostics["loss"],
+                             generic.private_diagnostics["loss"], rtol=1e-4)
 
 
-def test_same_key_same_fit_and_noise_changes_it():
+@pytest.mark.parametrize("sampling,batch_size", [("full", None), ("poisson", 16)])
+def test_same_seed_gives_different_private_params_by_default_and_identical_with_opt_in(
+    sampling, batch_size):
   x, y = _regression(7)
-  config = dp_linear.DPLinearConfig(steps=20, noise_multiplier=1.0)
-  a = dp_linear.dp_linear_regression(jax.random.key(4), x, y, config)
-  b = dp_linear.dp_linear_regression(jax.random.key(4), x, y, config)
-  c = dp_linear.dp_linear_regression(jax.random.key(5), x, y, config)
-  np.testing.assert_array_equal(a.coef, b.coef)
-  assert not np.allclose(a.coef, c.coef)
+  config = dp_linear.DPLinearConfig(steps=20, noise_multiplier=1.0, sampling=sampling,
+                                    batch_size=batch_size)
+  a = dp_linear.dp_linear_regression(x, y, config)
+  b = dp_linear.dp_linear_regression(x, y, config)
+  assert not np.allclose(a.coef, b.coef)  # fresh OS randomness for every fit
+  secret = randomness.from_flag(True, 0)
+  c = dp_linear.dp_linear_regression(x, y, config, randomness=secret, stream="fit")
+  d = dp_linear.dp_linear_regression(x, y, config, randomness=secret, stream="fit")
+  e = dp_linear.dp_linear_regression(x, y, config, randomness=secret, stream="other fit")
+  np.testing.assert_array_equal(c.coef, d.coef)
+  assert not np.allclose(c.coef, e.coef)  # another stream (arm of a sweep): other noise
+  assert a.epsilon == b.epsilon == c.epsilon == d.epsilon
+
+
+def test_regenerating_the_noise_from_the_public_seed_does_not_recover_the_clipped_sum():
+  # One full-batch step from w = 0 with learning rate 1 releases -(clipped sum + noise) / N.
+  # The former code keyed that noise with the public seed (key(seed), fold_in(key, step)).
+  x, y = _regression(11, n=32, p=4)
+  config = dp_linear.DPLinearConfig(steps=1, learning_rate=1.0, noise_multiplier=2.0,
+                                    clip_norm=1.0)
+  zero = {"w": jnp.zeros(4, jnp.float32), "b": jnp.zeros((), jnp.float32)}
+  clipped_sum, _ = dp_linear.linear_clipped_grad_sum(zero, jnp.asarray(x), jnp.asarray(y),
+                                                     jnp.ones(32, bool), 1.0)
+
+  def recovered(fit, key):
+    released = {"w": -jnp.asarray(fit.coef, jnp.float32),
+                "b": -jnp.asarray(fit.intercept, jnp.float32)}
+    noise_only = noise.privatize_sum(jax.random.fold_in(key, 0), jax.tree.map(jnp.zeros_like, zero),
+                                     noise_multiplier=2.0, sensitivity=1.0, expected_batch_size=32,
+                                     mechanism="gaussian")
+    return jax.tree.map(lambda r, z: (r - z) * 32, released, noise_only)
+
+  def error(tree):
+    return max(float(jnp.max(jnp.abs(tree[k] - clipped_sum[k]))) for k in tree)
+
+  fit = dp_linear.dp_linear_regression(x, y, config)
+  public_keys = [jax.random.key(0), jax.random.PRNGKey(0), jax.random.key(1),
+                 jax.random.split(jax.random.fold_in(jax.random.key(0), 0))[0]]
+  for key in public_keys:
+    assert error(recovered(fit, key)) > 0.1  # noise std 2 per coordinate of the sum
+  # The check has teeth: whoever holds the secret stream does recover it.
+  secret = randomness.PrivateRandomness(secret_seed=0)
+  fit = dp_linear.dp_linear_regression(x, y, config, randomness=secret, stream="s")
+  assert error(recovered(fit, secret.key("s", "noise"))) < 1e-4
+
+
+def test_the_release_entry_is_the_ledgers():
+  x, y = _regression(12)
+  config = dp_linear.DPLinearConfig(steps=10, noise_multiplier=1.0, delta=1e-4)
+  fit = dp_linear.dp_linear_regression(x, y, config)
+  entry = fit.release("coefficients", ["results.json"])
+  assert entry["epsilon"] == pytest.approx(fit.epsilon)
+  assert entry["steps"] == 10 and entry["noise_multiplier"] == 1.0
+  assert entry["clip_norm"] == fit.clip_norm and entry["files"] == ["results.json"]
+  assert "loss" not in dp_linear.summary(fit)
+  assert set(dp_linear.private_summary(fit)) == {"final_loss", "final_clipped_fraction",
+                                                 "final_num_nonfinite"}
+
+
+def test_epochs_become_steps_through_steps_for_epochs():
+  x, y = _regression(13)
+  config = dp_linear.DPLinearConfig(epochs=2.5, sampling="poisson", batch_size=10,
+                                    noise_multiplier=1.0)
+  fit = dp_linear.dp_linear_regression(x, y, config)
+  assert fit.steps == fit.ledger.steps == 16  # ceil(2.5 * 64 / 10)
+
+
+def test_a_key_as_first_argument_is_refused_with_the_fix():
+  x, y = _regression(14, n=8, p=2)
+  with pytest.raises(TypeError):  # the former call (key, x, y, config)
+    dp_linear.dp_linear_regression(jax.random.key(0), x, y, dp_linear.DPLinearConfig(steps=2))
+  with pytest.raises(TypeError, match="randomness"):
+    dp_linear.dp_linear_regression(jax.random.key(0), x, y)
 
 
 def test_default_delta_is_below_one_over_n():
@@ -143,16 +217,16 @@ def test_bad_settings_are_named(change, message):
   x, y = _regression(8, n=8, p=2)
   config = dataclasses.replace(dp_linear.DPLinearConfig(steps=2), **change)
   with pytest.raises(ValueError, match=message):
-    dp_linear.dp_linear_regression(jax.random.key(0), x, y, config)
+    dp_linear.dp_linear_regression(x, y, config)
 
 
 def test_nonfinite_data_and_bad_shapes_are_refused():
   x, y = _regression(9, n=8, p=2)
   x[0, 0] = np.nan
   with pytest.raises(ValueError, match="NaN"):
-    dp_linear.dp_linear_regression(jax.random.key(0), x, y, dp_linear.DPLinearConfig(steps=2))
+    dp_linear.dp_linear_regression(x, y, dp_linear.DPLinearConfig(steps=2))
   with pytest.raises(ValueError, match="y"):
-    dp_linear.dp_linear_regression(jax.random.key(0), np.ones((4, 2)), np.ones(3),
+    dp_linear.dp_linear_regression(np.ones((4, 2)), np.ones(3),
                                    dp_linear.DPLinearConfig(steps=2))
 
 
@@ -161,4 +235,4 @@ def test_divergence_is_an_error_not_a_nan_fit():
   config = dp_linear.DPLinearConfig(steps=60, learning_rate=50.0, noise_multiplier=0.0,
                                     clip_norm=math.inf)
   with pytest.raises(FloatingPointError, match="learning_rate"):
-    dp_linear.dp_linear_regression(jax.random.key(0), x * 10, y, config)
+    dp_linear.dp_linear_regression(x * 10, y, config)

@@ -6,12 +6,18 @@ import logging
 import math
 
 from bed_reader import to_bed
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn import linear_model
 
 from dpjax import accounting
+from dpjax import dp_linear
+from dpjax import linear
+from dpjax import noise
+from dpjax.data import eqtl as eqtl_data
 from experiments import eqtl
 
 TINY = dataclasses.replace(eqtl.preset_config("quick"), rows=((120, 5), (90, 40)), steps=60,
@@ -37,30 +43,47 @@ def test_quick_config_writes_the_tables_with_the_right_columns_and_values(tmp_pa
   for column in eqtl.TABLE_COLUMNS:
     assert column in rows[0] and column in csv.columns and f" {column} |" in markdown
   first = rows[0]
-  for column in ("R2", "R2_DP", "R2_adj", "R2_adj_DP", "epsilon", "R2_AdaSSP",
-                 "R2_adj_AdaSSP", "R2_SGD"):
+  for column in ("R2_OLS_nonprivate", "R2_DP", "R2_adj_OLS_nonprivate", "R2_adj_DP", "epsilon",
+                 "R2_AdaSSP", "R2_adj_AdaSSP", "R2_SGD_nonprivate"):
     assert math.isfinite(first[column]), column
-  # R2 is OLS on the held-out samples: scikit-learn on the same data gives the same number.
+  # The OLS reference is OLS on the held-out samples: scikit-learn gives the same number.
   data = eqtl.load_row_data(TINY, 120, 5, first["seed"])
   reference = linear_model.LinearRegression().fit(data.x_train, data.y_train)
-  assert first["R2"] == pytest.approx(reference.score(data.x_test, data.y_test), abs=1e-6)
+  r2 = first["R2_OLS_nonprivate"]
+  assert r2 == pytest.approx(reference.score(data.x_test, data.y_test), abs=1e-6)
   assert first["n_test"] == data.y_test.size == 24
-  assert first["R2_adj"] == pytest.approx(1 - (1 - first["R2"]) * 23 / (24 - 5 - 1))
+  assert first["R2_adj_OLS_nonprivate"] == pytest.approx(1 - (1 - r2) * 23 / (24 - 5 - 1))
   # The epsilon column is the accountant's for full batches, sigma 0.5, 60 steps, delta 1e-6.
   phase = accounting.PrivacyPhase(0.5, data.y_train.size, data.y_train.size, "full", steps=60)
   assert first["epsilon"] == pytest.approx(accounting.compute_epsilon([phase], 1e-6))
   # P = 40 with 18 test samples: adjusted R2 is undefined, reported as such, not a number.
   second = rows[1]
-  assert second["R2_adj"] is None and "n_test=18" in second["note"]
+  assert second["R2_adj_OLS_nonprivate"] is None and "n_test=18" in second["note"]
   assert result["rows"][1]["R2_DP"] == pytest.approx(second["R2_DP"])
 
 
-def test_same_seed_same_table(tmp_path):
-  config = dataclasses.replace(TINY, rows=((80, 4),), steps=20)
-  a = eqtl.train_and_evaluate(config, str(tmp_path / "a"))["rows"]
-  b = eqtl.train_and_evaluate(config, str(tmp_path / "b"))["rows"]
-  for key in ("R2", "R2_DP", "R2_AdaSSP", "epsilon"):
-    assert a[0][key] == b[0][key]
+def test_same_seed_gives_different_dp_results_by_default_and_identical_with_opt_in(tmp_path):
+  config = dataclasses.replace(TINY, rows=((80, 4),), steps=20, target_epsilon=1.0, delta=1e-4)
+  a = eqtl.train_and_evaluate(config, str(tmp_path / "a"))["rows"][0]
+  b = eqtl.train_and_evaluate(config, str(tmp_path / "b"))["rows"][0]
+  assert a["R2_DP"] != b["R2_DP"] and a["R2_AdaSSP"] != b["R2_AdaSSP"]  # fresh secret noise
+  assert a["R2_OLS_nonprivate"] == b["R2_OLS_nonprivate"]  # --seed still fixes the data
+  reproducible = dataclasses.replace(config, reproducible_private_randomness=True, seed=5)
+  c = eqtl.train_and_evaluate(reproducible, str(tmp_path / "c"))["rows"][0]
+  d = eqtl.train_and_evaluate(reproducible, str(tmp_path / "d"))["rows"][0]
+  for key in ("R2_DP", "R2_AdaSSP", "R2_OLS_nonprivate"):
+    assert c[key] == d[key], key
+  assert a["epsilon"] == b["epsilon"] == c["epsilon"] == d["epsilon"]
+  # The seed keys the private randomness now: out of every released file, kept under private/.
+  released = json.loads((tmp_path / "c" / "config.json").read_text())
+  assert released["seed"] != 5 and "secret" in released["seed"]
+  assert "seed" not in json.loads((tmp_path / "c" / "results.json").read_text())[0]
+  assert "seed" not in pd.read_csv(tmp_path / "c" / "results.csv").columns
+  assert json.loads((tmp_path / "c" / "private" / "secret_seed.json").read_text())["seed"] == 5
+  assert not (tmp_path / "a" / "private" / "secret_seed.json").exists()
+  report = json.loads((tmp_path / "c" / "privacy_report.json").read_text())
+  assert report["secure_randomness"] is False and "5" not in json.dumps(report["releases"][0]
+                                                                       ["name"])
 
 
 def test_sweep_writes_summary_and_plot(tmp_path):
@@ -77,6 +100,133 @@ def test_sweep_writes_summary_and_plot(tmp_path):
   png = (tmp_path / "sweep.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
   assert "Mean (sd) over 2 repeats" in (tmp_path / "results.md").read_text()
+
+
+def _capture(monkeypatch):
+  """Records every DP-SGD fit and every AdaSSP release of X^T y (with its noise std)."""
+  fits, adassp = [], []
+  original_fit = dp_linear.dp_linear_regression
+  original_stats = linear.private_sufficient_statistics
+
+  def fit(*args, **kwargs):
+    result = original_fit(*args, **kwargs)
+    if result.noise_multiplier > 0:
+      fits.append((args[0], args[1], result))
+    return result
+
+  def stats(rng, x, y, noise_stds, *args, **kwargs):
+    result = original_stats(rng, x, y, noise_stds, *args, **kwargs)
+    adassp.append((x.T @ y, result.xty, noise_stds["xty"]))
+    return result
+
+  monkeypatch.setattr(dp_linear, "dp_linear_regression", fit)
+  monkeypatch.setattr(linear, "private_sufficient_statistics", stats)
+  return fits, adassp
+
+
+def _one_step_gradient(fit):
+  """One step of lr 1 from zero releases -(clipped sum + noise) / N: the noisy sum / N."""
+  return -np.append(fit.coef, fit.intercept)
+
+
+def _clipped_sum_over_n(x, y, clip_norm):
+  zero = {"w": jnp.zeros(x.shape[1], jnp.float32), "b": jnp.zeros((), jnp.float32)}
+  summed, _ = dp_linear.linear_clipped_grad_sum(zero, jnp.asarray(x), jnp.asarray(y),
+                                                jnp.ones(x.shape[0], bool), clip_norm)
+  return np.append(np.asarray(summed["w"]), float(summed["b"])) / x.shape[0]
+
+
+def test_two_sweep_arms_noises_are_independent(tmp_path, monkeypatch):
+  # With one key for every target epsilon, g_e = (S + sigma_e C Z) / N shares Z, and
+  # (s2 g_a - s1 g_b) / (s2 - s1) is the noise-free S / N (to 1e-6); AdaSSP's X^T y likewise.
+  fits, adassp = _capture(monkeypatch)
+  config = dataclasses.replace(TINY, rows=((100, 4),), steps=1, learning_rate=1.0,
+                               epsilons=(0.5, 2.0), delta=1e-4, nonprivate_baselines=False)
+  eqtl.train_and_evaluate(config, str(tmp_path))
+  (x, y, a), (_, _, b) = fits
+  assert a.noise_multiplier > b.noise_multiplier
+  s1, s2 = a.noise_multiplier, b.noise_multiplier
+  combined = (s2 * _one_step_gradient(a) - s1 * _one_step_gradient(b)) / (s2 - s1)
+  truth = _clipped_sum_over_n(x, y, a.clip_norm)
+  noise_scale = a.clip_norm * s1 * s2 / (s1 - s2) / x.shape[0]
+  assert np.max(np.abs(combined - truth)) > 0.05 * abs(noise_scale)
+  (true_xty, xty_a, n1), (_, xty_b, n2) = adassp
+  combined = (n1 * xty_b - n2 * xty_a) / (n1 - n2)
+  assert np.max(np.abs(combined - true_xty)) > 0.05 * n2
+
+
+def test_regenerating_the_noise_from_the_public_seed_does_not_recover_the_clipped_sum(
+    tmp_path, monkeypatch):
+  fits, _ = _capture(monkeypatch)
+  config = dataclasses.replace(TINY, rows=((100, 4),), steps=1, learning_rate=1.0,
+                               target_epsilon=1.0, delta=1e-4, adassp=False)
+  eqtl.train_and_evaluate(config, str(tmp_path))
+  (x, y, fit), = fits
+  truth = _clipped_sum_over_n(x, y, fit.clip_norm)
+  # The keys the former code derived from --seed=0: fold_in(key(seed), job), split, step 0.
+  job_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  candidates = [jax.random.key(0), jax.random.PRNGKey(0), job_key,
+                jax.random.split(job_key)[0], jax.random.split(job_key)[1]]
+  zero = {"w": jnp.zeros(4, jnp.float32), "b": jnp.zeros((), jnp.float32)}
+  for key in candidates:
+    regenerated = noise.privatize_sum(
+        jax.random.fold_in(key, 0), zero, noise_multiplier=fit.noise_multiplier,
+        sensitivity=fit.clip_norm, expected_batch_size=x.shape[0], mechanism="gaussian")
+    regenerated = np.append(np.asarray(regenerated["w"]), float(regenerated["b"]))
+    recovered = _one_step_gradient(fit) - regenerated
+    assert np.max(np.abs(recovered - truth)) > 0.1 * fit.noise_multiplier * fit.clip_norm / 80
+
+
+def test_privacy_report_names_each_dp_fit_and_what_is_not_covered(tmp_path):
+  config = dataclasses.replace(TINY, rows=((100, 4),), steps=20, epsilons=(1.0, math.inf),
+                               delta=1e-4)
+  eqtl.train_and_evaluate(config, str(tmp_path))
+  report = json.loads((tmp_path / "privacy_report.json").read_text())
+  assert (tmp_path / "privacy_report.md").exists()
+  releases = report["releases"]
+  assert len(releases) == 4  # DP-SGD and AdaSSP at each of the two epsilons
+  for entry in releases:
+    assert set(entry["files"]) == {"results.json", "results.csv", "results.md", "sweep.png"}
+  dp_sgd = [r for r in releases if r["name"].startswith("DP-SGD")]
+  assert dp_sgd[0]["steps"] == 20 and dp_sgd[0]["noise_multiplier"] > 0
+  assert 0.98 <= dp_sgd[0]["epsilon"] <= 1.0 and dp_sgd[0]["clip_norm"] == pytest.approx(5 ** 0.5)
+  assert any("AdaSSP" in r["mechanism"] for r in releases)
+  text = " ".join(report["not_covered"])
+  assert "NON-PRIVATE OLS and SGD" in text and "epsilon = inf" in text
+  assert "R2_OLS_nonprivate" in (tmp_path / "results.md").read_text()
+  assert "NON-PRIVATE" in (tmp_path / "results.md").read_text()
+
+
+def test_no_unnoised_training_statistic_in_the_released_files(tmp_path):
+  config = dataclasses.replace(TINY, rows=((100, 4),), steps=20)
+  eqtl.train_and_evaluate(config, str(tmp_path))
+  released = " ".join((tmp_path / name).read_text() for name in eqtl.RESULT_FILES)
+  for key in ("loss", "clipped_fraction", "mean_grad_norm", "batch_size", "train_r2", "rank"):
+    assert key not in released, key
+  diagnostics = json.loads((tmp_path / "private" / "diagnostics.json").read_text())
+  assert "final_clipped_fraction" in diagnostics[0]["dp_sgd"]
+  assert len(diagnostics[0]["dp_sgd_loss_per_step"]) == 20 and "ols_rank" in diagnostics[0]
+
+
+def test_without_nonprivate_baselines_every_released_number_is_covered(tmp_path):
+  config = dataclasses.replace(TINY, rows=((100, 4),), steps=20, nonprivate_baselines=False)
+  eqtl.train_and_evaluate(config, str(tmp_path))
+  rows = json.loads((tmp_path / "results.json").read_text())
+  for column in eqtl.NONPRIVATE_COLUMNS:
+    assert column not in rows[0] and column not in (tmp_path / "results.md").read_text()
+  report = json.loads((tmp_path / "privacy_report.json").read_text())
+  assert not any("NON-PRIVATE" in item for item in report["not_covered"])
+
+
+def test_data_dependent_standardisation_is_listed_as_not_covered(tmp_path):
+  config = dataclasses.replace(TINY, rows=((100, 4),), steps=5, standardization="train_freq")
+  eqtl.train_and_evaluate(config, str(tmp_path))
+  report = json.loads((tmp_path / "privacy_report.json").read_text())
+  assert eqtl_data.NOT_COVERED_TRAIN_FREQ in report["not_covered"]
+  default = tmp_path / "default"
+  eqtl.train_and_evaluate(dataclasses.replace(config, standardization="public"), str(default))
+  assert eqtl_data.NOT_COVERED_TRAIN_FREQ not in json.loads(
+      (default / "privacy_report.json").read_text())["not_covered"]
 
 
 @pytest.mark.parametrize("values,message", [
@@ -117,8 +267,17 @@ def test_missing_genotype_calls_pass_through_the_experiment(tmp_path, caplog):
   with caplog.at_level(logging.INFO, logger="absl"):
     result = eqtl.train_and_evaluate(dataclasses.replace(config, missing="impute"),
                                      str(tmp_path / "imputed"))
-  assert "mean-imputed 1 missing genotype calls" in caplog.text
+  assert "imputed 1 missing genotype calls in 1 SNPs with a public dosage" in caplog.text
   assert result["rows"][0]["N"] == 40 and math.isfinite(result["rows"][0]["R2_DP"])
+  not_covered = json.loads((tmp_path / "imputed" / "privacy_report.json").read_text())[
+      "not_covered"]
+  assert eqtl_data.NOT_COVERED_MEAN_IMPUTATION not in not_covered
+  assert eqtl_data.NOT_COVERED_SEMI_SYNTHETIC in not_covered
+  # The data-dependent option is allowed, and the privacy report says it is not covered.
+  eqtl.train_and_evaluate(dataclasses.replace(config, missing="impute_mean"),
+                          str(tmp_path / "mean"))
+  assert eqtl_data.NOT_COVERED_MEAN_IMPUTATION in json.loads(
+      (tmp_path / "mean" / "privacy_report.json").read_text())["not_covered"]
 
 
 def test_mismatched_sample_ids_name_both_files(tmp_path):

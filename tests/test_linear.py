@@ -12,6 +12,7 @@ from sklearn import linear_model
 from sklearn import metrics
 
 from dpjax import linear
+from dpjax import randomness
 
 
 def _regression(seed, n=40, p=5, noise=0.3):
@@ -179,7 +180,7 @@ def test_clipping_respects_bounds_and_keeps_small_rows():
 def test_adassp_without_privacy_is_ols_on_clipped_data():
   x, y = _regression(7, n=60, p=3)
   x[0] *= 50  # an outlier the bound must tame
-  fit = linear.adassp_fit(0, x, y, math.inf, 1e-5, x_bound=4.0, y_bound=100.0)
+  fit = linear.adassp_fit(x, y, math.inf, 1e-5, x_bound=4.0, y_bound=100.0)
   reference = linear.ols_fit(linear.clip_rows(x, 4.0), y)
   np.testing.assert_allclose(fit.coef, reference.coef, rtol=1e-8)
   assert fit.intercept == pytest.approx(reference.intercept, rel=1e-8)
@@ -192,7 +193,7 @@ def test_adassp_at_huge_epsilon_approaches_ols():
   # Bounds just above the data's, so that nothing is clipped.
   x_bound = 1.01 * np.linalg.norm(x, axis=1).max()
   y_bound = 1.01 * np.abs(y).max()
-  fit = linear.adassp_fit(1, x, y, 1e6, 1e-5, x_bound=x_bound, y_bound=y_bound)
+  fit = linear.adassp_fit(x, y, 1e6, 1e-5, x_bound=x_bound, y_bound=y_bound)
   np.testing.assert_allclose(fit.coef, ols.coef, atol=1e-2)
   assert fit.intercept == pytest.approx(ols.intercept, abs=1e-2)
 
@@ -226,16 +227,37 @@ def test_lambda_min_is_the_exact_smallest_eigenvalue():
   assert wide.lambda_min == 0.0
 
 
-def test_adassp_is_reproducible_and_accepts_jax_keys():
+def test_adassp_noise_is_secret_by_default_and_reproducible_only_with_a_secret_seed():
   x, y = _regression(10)
   args = (x, y, 1.0, 1e-5, 3.0, 5.0)
-  first = linear.adassp_fit(jax.random.key(3), *args)
-  again = linear.adassp_fit(jax.random.key(3), *args)
-  other = linear.adassp_fit(jax.random.key(4), *args)
+  # Default: fresh OS randomness, so two fits differ although nothing else changed.
+  assert not np.array_equal(linear.adassp_fit(*args).coef, linear.adassp_fit(*args).coef)
+  secret = randomness.PrivateRandomness(secret_seed=3)
+  first = linear.adassp_fit(*args, randomness=secret, stream="a")
+  again = linear.adassp_fit(*args, randomness=secret, stream="a")
+  other_stream = linear.adassp_fit(*args, randomness=secret, stream="b")
   np.testing.assert_array_equal(first.coef, again.coef)
-  assert not np.array_equal(first.coef, other.coef)
-  np.testing.assert_array_equal(linear.adassp_fit(7, *args).coef,
-                                linear.adassp_fit(np.random.default_rng(7), *args).coef)
+  assert not np.array_equal(first.coef, other_stream.coef)
+  assert first.details["epsilon"] == again.details["epsilon"] == 1.0
+
+
+@pytest.mark.parametrize("public", [0, 7, np.random.default_rng(7), jax.random.key(3),
+                                    jax.random.PRNGKey(3)])
+def test_adassp_refuses_a_public_seed_or_key(public):
+  x, y = _regression(10)
+  with pytest.raises(TypeError):  # the former call adassp_fit(key, x, y, ...)
+    linear.adassp_fit(public, x, y, 1.0, 1e-5, 3.0, 5.0)
+  with pytest.raises(TypeError, match="randomness"):
+    linear.adassp_fit(public, x, y, 1.0, 1e-5, 3.0)
+
+
+def test_adassp_release_names_the_mechanism_and_its_budget():
+  x, y = _regression(10)
+  fit = linear.adassp_fit(x, y, 2.0, 1e-5, 3.0, 5.0, budget_split="joint")
+  entry = linear.adassp_release(fit, "AdaSSP fit", ["results.json"])
+  assert entry["epsilon"] == 2.0 and entry["delta"] == 1e-5
+  assert "AdaSSP" in entry["mechanism"] and entry["files"] == ["results.json"]
+  assert entry["noise_stds"] == fit.details["noise_stds"]
 
 
 def test_adassp_joint_split_uses_less_noise_than_thirds():
