@@ -14,9 +14,17 @@ GroupNorm/LayerNorm scale and bias gradients per example are small and formed ex
 The layers are found in any Flax model, unchanged, with `nn.intercept_methods`: calls of
 nn.Dense, nn.Conv, nn.GroupNorm and nn.LayerNorm get a zero perturbation added to their output
 (its gradient is g) and their input recorded (a). Parameters are matched to the leaves of the
-`params` argument by identity. When that is not possible (parameters used outside those layers,
-a layer called twice, parameters transformed inside `loss_fn`, a custom layer, l1 clipping) the
-caller falls back to `vmap` (`clipping.clipped_grad_sum` does so and logs why).
+`params` argument by identity. `make_plan` traces the loss's gradient once with each layer's own
+parameters behind `stop_gradient`: a leaf whose gradient still depends on the loss reaches it
+some other way (as a layer *input*, outside any layer, through a weight-decay term), and ghost
+would miss that part of its gradient. Then, and when a layer is called inside a JAX transform of
+the loss (lax.scan, vmap, checkpoint and the Flax lifts nn.scan/nn.remat: its inputs live in
+another trace), a layer is called twice, parameters are transformed inside `loss_fn`, or for l1
+clipping, the caller falls back to `vmap` (`select_chunk_fn` logs why: a warning for
+method="ghost", an info line for "auto"). Never a silently zero or partial gradient.
+
+Norms, clip factors and the clipped sums are float32 whatever the parameter or compute dtype
+(the products at `HIGHEST` precision); the returned sum leaves are float32.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax.core import tracers as flax_tracers
 from flax.linen.linear import canonicalize_padding
 from jax.extend import core as jax_core
 
@@ -42,6 +51,11 @@ DENSE, CONV, NORM = "dense", "conv", "norm"
 # Per-example kernel gradients of one layer are kept (instead of recomputed as one matmul for
 # the clipped sum) while all kept ones stay below this many bytes.
 KEEP_PER_EXAMPLE_BYTES = 256 * 2 ** 20
+
+# Products that give norms and sums run at full float32 precision (not TF32/bfloat16 passes,
+# the default for float32 matmuls on recent GPUs and TPUs): an example's share of the sum must
+# have the norm its clip factor was computed from.
+HIGHEST = jax.lax.Precision.HIGHEST
 
 # Conv inputs with fewer channels are multiplied as one stacked patch matrix (XLA on CPU is slow
 # on products with tiny dimensions), others as one product per kernel offset.
@@ -128,14 +142,21 @@ def _describe(module: nn.Module, kind: str, y, leaf_index) -> Layer:
   return Layer(**fields)
 
 
-class _Interceptor:
-  """Flax method interceptor in one of three modes.
+# The parameter names whose per-example gradients each kind of layer accounts for.
+_OWN_PARAMS = {DENSE: ("kernel", "bias"), CONV: ("kernel", "bias"), NORM: ("scale", "bias")}
 
-  discover: run layers normally, record them (kind, params, output shape).
-  probe: replace each recorded layer by zeros, so the traced loss shows which parameters are
-    used outside the layers.
+
+class _Interceptor:
+  """Flax method interceptor in one of two modes.
+
+  discover: record each layer (kind, parameters, output shape) and compute it with its own
+    parameters behind `stop_gradient`, so that the gradient of the traced loss shows which
+    parameters reach the loss other than as the kernel/bias/scale of a recorded layer.
   capture: add a perturbation to each layer output and record the layer's input (for norms, the
     normalised input).
+  A layer called inside a JAX transform of the loss (`lax.scan`, `vmap`, `checkpoint`, and the
+  Flax lifts built on them) runs under another trace than the loss: its inputs cannot be
+  recorded, so discover notes it in `nested` (and the caller falls back to vmap).
   """
 
   def __init__(self, leaves: Sequence[Any], mode: str, layers: Sequence[Layer] = (),
@@ -145,8 +166,18 @@ class _Interceptor:
     self.layers = list(layers)
     self.perturbations = perturbations
     self.captured: list[jax.Array] = []
+    self.nested: list[str] = []
     self.count = 0
     self.busy = False
+    self.trace = flax_tracers.current_trace()
+
+  def _unbound(self, module: nn.Module, x, variables, **overrides):
+    """`module` applied to `x` as a fresh, unbound copy with the given variables."""
+    self.busy = True  # the copy is an intercepted layer type too
+    try:
+      return module.clone(parent=None, **overrides).apply(variables, x)
+    finally:
+      self.busy = False
 
   def __call__(self, next_fun, args, kwargs, context):
     kind = None
@@ -155,27 +186,30 @@ class _Interceptor:
     if kind is None:
       return next_fun(*args, **kwargs)
     module = context.module
+    if flax_tracers.current_trace() != self.trace:
+      if self.mode == "discover":
+        self.nested.append("/".join(str(p) for p in module.path))
+        return next_fun(*args, **kwargs)
+      raise RuntimeError("a layer is called inside a JAX transform of loss_fn; ghost clipping "
+                         "cannot capture its inputs (make_plan should have refused this model).")
     if self.mode == "discover":
-      y = next_fun(*args, **kwargs)
-      own = module.variables.get("params", {})
+      own = dict(module.variables.get("params", {}))
       matched = [(name, self.index.get(id(value))) for name, value in own.items()]
-      leaf_index = None if any(i is None for _, i in matched) else tuple(matched)
+      if all(i is not None for _, i in matched):
+        stopped = {name: jax.lax.stop_gradient(value) for name, value in own.items()}
+        y = self._unbound(module, args[0], {"params": stopped}) if own else next_fun(*args)
+        leaf_index = tuple(matched)
+      else:
+        y = next_fun(*args, **kwargs)
+        leaf_index = None
       self.layers.append(_describe(module, kind, y, leaf_index))
       return y
-    layer = self.layers[self.count]
-    perturbation = self.perturbations[self.count] if self.mode == "capture" else None
+    perturbation = self.perturbations[self.count]
     self.count += 1
-    if self.mode == "probe":
-      return jnp.zeros(layer.out_shape, layer.out_dtype)
     (x,) = args
     y = next_fun(x) + perturbation
     if kind == NORM:
-      self.busy = True  # the clone below is a norm layer too
-      try:
-        plain = module.clone(parent=None, use_scale=False, use_bias=False)
-        x = plain.apply({}, x)
-      finally:
-        self.busy = False
+      x = self._unbound(module, x, {}, use_scale=False, use_bias=False)
     self.captured.append(x)
     return y
 
@@ -203,34 +237,90 @@ class Plan:
   layers: tuple[Layer, ...]
 
 
+_CALL_PRIMITIVES = ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint",
+                    "custom_jvp_call", "custom_vjp_call")
+
+
+def _call_body(eqn) -> jax_core.Jaxpr | None:
+  """The body of a call-like equation whose inputs and outputs are the body's, else None."""
+  if eqn.primitive.name not in _CALL_PRIMITIVES:
+    return None
+  for key in ("jaxpr", "call_jaxpr"):
+    body = eqn.params.get(key)
+    body = getattr(body, "jaxpr", body)  # ClosedJaxpr -> Jaxpr
+    if (isinstance(body, jax_core.Jaxpr) and len(body.invars) == len(eqn.invars)
+        and len(body.outvars) == len(eqn.outvars)):
+      return body
+  return None
+
+
+def _depends_on(jaxpr: jax_core.Jaxpr, sources: Sequence[bool]) -> list[bool]:
+  """For each output of `jaxpr`, whether it may depend on the inputs flagged in `sources`.
+
+  Conservative: an equation's outputs all depend on any of its inputs (call bodies are entered,
+  loops are not), and an equation with a dependent input taints the references it is given.
+  """
+  dependent = {v for v, s in zip(jaxpr.invars, sources) if s}
+  for eqn in jaxpr.eqns:
+    ins = [isinstance(v, jax_core.Var) and v in dependent for v in eqn.invars]
+    if not any(ins):
+      continue
+    body = _call_body(eqn)
+    outs = _depends_on(body, ins) if body is not None else [True] * len(eqn.outvars)
+    dependent.update(v for v, d in zip(eqn.outvars, outs) if d)
+    dependent.update(v for v in eqn.invars if isinstance(v, jax_core.Var)
+                     and "Ref" in type(getattr(v, "aval", None)).__name__)
+  return [isinstance(v, jax_core.Var) and v in dependent for v in jaxpr.outvars]
+
+
 def make_plan(loss_fn: Callable, params: PyTree, example: PyTree, args: tuple = (),
               compute_dtype=None) -> tuple[Plan | None, str]:
-  """Finds the layers of `loss_fn` and checks they hold every used parameter exactly once.
+  """Finds the layers of `loss_fn` and checks that they account for every parameter gradient.
 
   `example` is one example (no batch axis), arrays or `ShapeDtypeStruct`s. Returns
-  `(plan, "")` when the ghost path applies, else `(None, reason)`. Runs at trace time only.
+  `(plan, "")` when the ghost path applies, else `(None, reason)`. Runs at trace time only:
+  it traces the gradient of `loss_fn` once, with every intercepted layer's own parameters
+  behind `stop_gradient`. A parameter leaf whose gradient then still depends on the loss's
+  cotangent reaches the loss some other way (a layer input, a parameter outside any layer,
+  weight decay in the loss, ...) and ghost clipping would miss that part of its gradient.
   """
-  # Traced on specs already in the compute dtype, so that a cast is not mistaken for a use.
-  def run(mode, layers, leaves, ex):
-    interceptor = _Interceptor(leaves, mode, layers)
-    with nn.intercept_methods(interceptor):
-      loss = loss_fn(jax.tree.unflatten(treedef, leaves), ex, *args)
-    return loss, interceptor.layers
-
   leaves, treedef = jax.tree.flatten(params)
+  # Traced on specs already in the compute dtype, so that a cast is not mistaken for a use.
   leaf_specs, example_spec = _spec(leaves, compute_dtype), _spec(example, compute_dtype)
   found: list[Layer] = []
-  def discover(lv, ex):
-    loss, layers = run("discover", (), lv, ex)
-    found.extend(layers)
+  nested: list[str] = []
+
+  def loss_of(lv, ex):
+    interceptor = _Interceptor(lv, "discover")
+    with nn.intercept_methods(interceptor):
+      loss = loss_fn(jax.tree.unflatten(treedef, lv), ex, *args)
+    found.extend(interceptor.layers)
+    nested.extend(interceptor.nested)
     return loss
-  jax.make_jaxpr(discover)(leaf_specs, example_spec)
+
+  def cotangent_to_grads(lv, ex, cotangent):
+    loss, vjp = jax.vjp(lambda l: loss_of(l, ex), lv)
+    return vjp(jnp.broadcast_to(cotangent, jnp.shape(loss)).astype(jnp.result_type(loss)))[0]
+
+  try:
+    closed = jax.make_jaxpr(cotangent_to_grads)(leaf_specs, example_spec,
+                                                jax.ShapeDtypeStruct((), jnp.float32))
+  except Exception as e:  # pylint: disable=broad-except  (vmap then shows any real error)
+    if nested:
+      return None, _nested_reason(nested)
+    return None, f"tracing the gradient of loss_fn with intercepted layers failed ({e!r:.300})"
+  if nested:
+    return None, _nested_reason(nested)
   if not found:
     return None, "no nn.Dense/nn.Conv/nn.GroupNorm/nn.LayerNorm call found in loss_fn"
   unmatched = [l.path for l in found if l.leaf_index is None]
   if unmatched:
     return None, (f"parameters of layers {unmatched} are not leaves of the params argument "
                   "(are they transformed inside loss_fn?)")
+  odd = [(l.path, name) for l in found for name, _ in l.leaf_index
+         if name not in _OWN_PARAMS[l.kind]]
+  if odd:
+    return None, f"layers have parameters ghost clipping does not handle: {odd}"
   owners: dict[int, list[str]] = {}
   for layer in found:
     for _, i in layer.leaf_index:
@@ -239,17 +329,20 @@ def make_plan(loss_fn: Callable, params: PyTree, example: PyTree, args: tuple = 
   if shared:
     return None, f"layers {sorted(shared)} are called more than once with the same parameters"
 
-  closed = jax.make_jaxpr(lambda lv, ex: run("probe", found, lv, ex)[0])(leaf_specs, example_spec)
-  used = set()
-  for eqn in closed.jaxpr.eqns:
-    used.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
-  used.update(v for v in closed.jaxpr.outvars if isinstance(v, jax_core.Var))
-  param_vars = closed.jaxpr.invars[:len(leaves)]
+  sources = [False] * (len(closed.jaxpr.invars) - 1) + [True]  # the loss cotangent
+  reaches = _depends_on(closed.jaxpr, sources)
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  outside = [paths[i] for i, v in enumerate(param_vars) if v in used]
+  outside = [paths[i] for i, r in enumerate(reaches) if r]
   if outside:
-    return None, f"parameters {outside} are used outside Dense/Conv/GroupNorm/LayerNorm layers"
+    return None, (f"parameters {outside} are used outside Dense/Conv/GroupNorm/LayerNorm layers "
+                  "(e.g. as a layer input, not as its kernel/bias/scale): their gradient is not "
+                  "that of a layer's own parameters")
   return Plan(layers=tuple(found)), ""
+
+
+def _nested_reason(paths: Sequence[str]) -> str:
+  return (f"layers {sorted(set(paths))} are called inside a JAX transform in loss_fn "
+          "(lax.scan, vmap, checkpoint/remat, nn.scan, ...)")
 
 
 def _patch_parts(layer: Layer, x: jax.Array, batch_size: int) -> list[jax.Array]:
@@ -317,11 +410,12 @@ class _LayerGrads:
       a = jnp.concatenate(parts, axis=-1)
       self.kernel_sq = jnp.sum(a[:, 0] ** 2, axis=1) * jnp.sum(g[:, 0] ** 2, axis=1)
     elif t * (p + o) < p * o:  # the Gram form is cheaper than forming a_i^T g_i
-      gram_a = sum(jnp.einsum("btc,bsc->bts", a, a) for a in parts)
-      gram_g = jnp.einsum("bto,bso->bts", g, g)
+      gram_a = sum(jnp.einsum("btc,bsc->bts", a, a, precision=HIGHEST) for a in parts)
+      gram_g = jnp.einsum("bto,bso->bts", g, g, precision=HIGHEST)
       self.kernel_sq = jnp.sum(gram_a * gram_g, axis=(1, 2))
     else:
-      per_example = jnp.concatenate([jnp.einsum("btc,bto->bco", a, g) for a in parts], axis=1)
+      per_example = jnp.concatenate([jnp.einsum("btc,bto->bco", a, g, precision=HIGHEST)
+                                     for a in parts], axis=1)
       self.kernel_sq = jnp.sum(per_example ** 2, axis=(1, 2))
       nbytes = per_example.size * 4
       if nbytes <= budget[0]:
@@ -337,12 +431,15 @@ class _LayerGrads:
   def weighted_sum(self, name: str, weights: jax.Array, keep: jax.Array) -> jax.Array:
     shape = self.shapes[name]
     if name in self.exact:
-      return jnp.tensordot(weights, _zero_rows(self.exact[name], keep), axes=1).reshape(shape)
+      return jnp.tensordot(weights, _zero_rows(self.exact[name], keep), axes=1,
+                           precision=HIGHEST).reshape(shape)
     if self.per_example_kernel is not None:
-      matrix = jnp.tensordot(weights, _zero_rows(self.per_example_kernel, keep), axes=1)
+      matrix = jnp.tensordot(weights, _zero_rows(self.per_example_kernel, keep), axes=1,
+                             precision=HIGHEST)
     else:
       g = _zero_rows(self.g, keep) * weights[:, None, None]
-      matrix = jnp.concatenate([jnp.einsum("btc,bto->co", _zero_rows(a, keep), g)
+      matrix = jnp.concatenate([jnp.einsum("btc,bto->co", _zero_rows(a, keep), g,
+                                           precision=HIGHEST)
                                 for a in self.parts], axis=0)
     # Dense: (C_in, C_out); conv patch features are (*kernel, C_in), as nn.Conv's kernel.
     return matrix.reshape(shape)
@@ -404,12 +501,15 @@ def clip_and_sum_chunk(loss_fn, params, batch, mask, config: clipping.ClippingCo
       leaf_sq[lg.names[name]] = sq
       owner[lg.names[name]] = (lg, name)
 
+  f32 = jnp.float32
+  losses = losses.astype(f32)
+  leaf_sq = {i: sq.astype(f32) for i, sq in leaf_sq.items()}
   zero = jnp.zeros_like(losses)
   if config.layer_clip_norms is None:
     norms = jnp.sqrt(sum(leaf_sq.values(), zero))
     finite = jnp.isfinite(losses) & jnp.isfinite(norms)
     keep = mask & finite
-    weights = jnp.where(keep, clipping.clip_factor(norms, config.clip_norm), 0.0)
+    weights = jnp.where(keep, clipping.clip_factor(norms, config.clip_norm).astype(f32), f32(0))
     leaf_weights = {i: weights for i in range(len(leaves))}
     clipped = norms > config.clip_norm
   else:
@@ -425,19 +525,22 @@ def clip_and_sum_chunk(loss_fn, params, batch, mask, config: clipping.ClippingCo
     norms = jnp.sqrt(sum(group_sq.values(), zero))
     finite = jnp.isfinite(losses) & jnp.isfinite(norms)
     keep = mask & finite
-    factors = {n: jnp.where(keep, clipping.clip_factor(v, config.layer_clip_norms[n]), 0.0)
+    factors = {n: jnp.where(keep, clipping.clip_factor(v, config.layer_clip_norms[n]).astype(f32),
+                            f32(0))
                for n, v in group_norm.items()}
     leaf_weights = {i: factors[name] for i, name in enumerate(names)}
     clipped = jnp.any(jnp.stack([group_norm[n] > config.layer_clip_norms[n] for n in group_norm]),
                       axis=0)
 
+  # The sums stay float32 whatever the parameter or compute dtype: rounded to bfloat16, the
+  # sum of the other examples' contributions could move by more than C with one example.
   summed = []
   for i, leaf in enumerate(leaves):
     if i in owner:
       lg, name = owner[i]
-      summed.append(lg.weighted_sum(name, leaf_weights[i], keep).astype(leaf.dtype))
-    else:  # not used by the loss at all
-      summed.append(jnp.zeros_like(leaf))
+      summed.append(lg.weighted_sum(name, leaf_weights[i].astype(f32), keep).astype(f32))
+    else:  # make_plan checked that the loss does not depend on it: its gradient is zero
+      summed.append(jnp.zeros(jnp.shape(leaf), f32))
   f32_zero = jnp.zeros((), jnp.float32)
   metrics = clipping.ClipMetrics(
       num_examples=jnp.sum(mask).astype(jnp.float32),

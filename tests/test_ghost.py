@@ -204,3 +204,175 @@ def test_bad_method_and_dtype_are_rejected():
     clipping.ClippingConfig(method="fast")
   with pytest.raises(ValueError, match="compute_dtype"):
     clipping.ClippingConfig(compute_dtype="int8")
+
+
+class QueryInput(nn.Module):
+  """A parameter that enters a layer as its input, not as its kernel (an attention query)."""
+
+  @nn.compact
+  def __call__(self, x):
+    query = self.param("query", nn.initializers.normal(1.0), (1, 4))
+    return nn.Dense(3)(nn.tanh(nn.Dense(4)(x)) * nn.Dense(4)(query))
+
+
+class KernelAsInput(nn.Module):
+  """A layer's own kernel is also the input of another layer."""
+
+  @nn.compact
+  def __call__(self, x):
+    first = nn.Dense(4)
+    h = nn.tanh(first(x))
+    kernel = first.variables["params"]["kernel"]
+    return nn.Dense(3)(h + nn.Dense(4)(kernel).mean(axis=0))
+
+
+@pytest.mark.parametrize("model,leaf", [
+    (QueryInput(), ("params", "query")),
+    (KernelAsInput(), ("params", "Dense_0", "kernel")),
+])
+@pytest.mark.parametrize("method", ["ghost", "auto"])
+def test_ghost_falls_back_when_a_parameter_is_a_layer_input(model, leaf, method):
+  loss_fn, params, batch, mask = make_case(model, (4,))
+  plan, reason = ghost.make_plan(loss_fn, params, jax.tree.map(lambda x: x[0], batch))
+  assert plan is None and "used outside" in reason and "['" + "']['".join(leaf) + "']" in reason
+  config = clipping.ClippingConfig(clip_norm=0.3)
+  reference = run(loss_fn, params, batch, mask, config)
+  result = run(loss_fn, params, batch, mask, dataclasses.replace(config, method=method))
+  assert_same(reference, result)  # the norms (norm_sum, num_clipped) too
+  get = lambda tree: tree
+  for key in leaf:
+    get = (lambda g, k: lambda tree: g(tree)[k])(get, key)
+  assert np.linalg.norm(get(result[0])) > 1e-3  # the leaf's gradient is not dropped
+  np.testing.assert_allclose(get(result[0]), get(reference[0]), rtol=2e-5, atol=1e-6)
+
+
+class UnusedParam(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    self.param("unused", nn.initializers.ones, (3,))
+    return nn.Dense(3)(nn.tanh(nn.Dense(5)(x)))
+
+
+class ScanOverOutputs(nn.Module):
+  """`lax.scan` on layer outputs only: every layer is still called at the top level."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(5)(x)
+    def step(carry, v):
+      carry = jnp.tanh(carry + v)
+      return carry, carry
+    _, hs = jax.lax.scan(step, jnp.zeros(h.shape[:-1]), jnp.moveaxis(h, -1, 0))
+    return nn.Dense(3)(jnp.moveaxis(hs, 0, -1))
+
+
+@pytest.mark.parametrize("model", [UnusedParam(), ScanOverOutputs()])
+def test_ghost_keeps_models_whose_gradients_it_accounts_for(model):
+  """An unused leaf (gradient zero) or a transform applied to layer outputs needs no fallback."""
+  loss_fn, params, batch, mask = make_case(model, (4,))
+  plan, reason = ghost.make_plan(loss_fn, params, jax.tree.map(lambda x: x[0], batch))
+  assert plan is not None, reason
+  config = clipping.ClippingConfig(clip_norm=0.3)
+  assert_same(run(loss_fn, params, batch, mask, config),
+              run(loss_fn, params, batch, mask, dataclasses.replace(config, method="ghost")))
+
+
+class NnScanCell(nn.Module):
+  @nn.compact
+  def __call__(self, carry, x):
+    return carry + nn.tanh(nn.Dense(4)(x)), None
+
+
+class NnScanNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):  # x: (batch, time, 4)
+    cells = nn.scan(NnScanCell, variable_axes={"params": 0}, split_rngs={"params": True},
+                    length=x.shape[1])
+    carry, _ = cells()(jnp.zeros((x.shape[0], 4)), jnp.moveaxis(x, 1, 0))
+    return nn.Dense(3)(carry)
+
+
+class LaxScanNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    dense = nn.Dense(4)
+    carry = dense(x[:, 0])  # Flax binds the layer here, outside the scan
+    def step(carry, v):
+      return nn.tanh(dense(carry) + v), None
+    carry, _ = jax.lax.scan(step, carry, jnp.moveaxis(x[:, 1:], 1, 0))
+    return nn.Dense(3)(carry)
+
+
+class VmapNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h = jax.vmap(nn.Dense(4))(x)
+    return nn.Dense(3)(nn.tanh(h).reshape(x.shape[0], -1))
+
+
+class RematBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.tanh(nn.Dense(4)(x))
+
+
+class RematNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h = nn.remat(RematBlock)()(x.reshape(x.shape[0], -1))
+    return nn.Dense(3)(h)
+
+
+class CheckpointNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    first, second = nn.Dense(4), nn.Dense(4)
+    h = first(x.reshape(x.shape[0], -1))
+    second(h)  # bound outside the transform, as Flax requires
+    h = jax.checkpoint(lambda v: nn.tanh(second(v)))(h)
+    return nn.Dense(3)(h)
+
+
+@pytest.mark.parametrize("model", [NnScanNet(), LaxScanNet(), VmapNet(), RematNet(),
+                                   CheckpointNet()], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("method", ["ghost", "auto"])
+def test_layers_inside_jax_transforms_fall_back_to_vmap(model, method):
+  loss_fn, params, batch, mask = make_case(model, (3, 4))
+  plan, reason = ghost.make_plan(loss_fn, params, jax.tree.map(lambda x: x[0], batch))
+  assert plan is None and "inside a JAX transform" in reason
+  config = clipping.ClippingConfig(clip_norm=0.3)
+  reference = run(loss_fn, params, batch, mask, config)
+  assert_same(reference, run(loss_fn, params, batch, mask, dataclasses.replace(config, method=method)))
+
+
+@pytest.mark.parametrize("per_layer", [False, True], ids=["global", "per_layer"])
+@pytest.mark.parametrize("seed", [2, 3])
+def test_bfloat16_params_one_example_moves_the_sum_by_at_most_c(seed, per_layer):
+  """bfloat16 params and inputs: norms, factors and sums in float32 keep the sensitivity C.
+
+  The other examples point the same way, so their sum is large; rounded to bfloat16 it moved by
+  more than C with one example added.
+  """
+  model, n, clip_norm = Mlp(), 32, 0.01
+  loss_fn = classification_loss(model)
+  kx, kh, kp = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.normal(kx, (4,)) + 0.05 * jax.random.normal(kh, (n, 4))
+  x = x.at[n // 2].set(1e3 * jax.random.normal(kh, (4,)))  # the huge gradient
+  batch = {"x": x.astype(jnp.bfloat16), "y": jnp.zeros((n,), jnp.int32)}
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), model.init(kp, x[:1]))
+  config = clipping.ClippingConfig(clip_norm=clip_norm)
+  if per_layer:
+    config = clipping.ClippingConfig(
+        layer_clip_norms=clipping.equal_layer_clip_norms(params, clip_norm))
+  assert ghost.make_plan(loss_fn, params, jax.tree.map(lambda v: v[0], batch))[0] is not None
+  for method in ("ghost", "auto"):
+    method_config = dataclasses.replace(config, method=method)
+    with_it, metrics = run(loss_fn, params, batch, jnp.ones(n, bool), method_config)
+    without_it, _ = run(loss_fn, params, batch, jnp.arange(n) != n // 2, method_config)
+    diff = np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+                       for a, b in zip(jax.tree.leaves(with_it), jax.tree.leaves(without_it))))
+    assert diff <= clip_norm * (1 + 1e-6), (method, diff / clip_norm - 1)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(with_it))
+    assert metrics.norm_sum.dtype == jnp.float32
+    # The example is real and clipped (per layer, at least its head group): not vacuous.
+    assert diff >= 0.9 * (clip_norm / np.sqrt(2) if per_layer else clip_norm)
