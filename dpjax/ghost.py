@@ -30,7 +30,6 @@ Norms, clip factors and the clipped sums are float32 whatever the parameter or c
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -42,7 +41,7 @@ from flax.core import tracers as flax_tracers
 from flax.linen.linear import canonicalize_padding
 from jax.extend import core as jax_core
 
-from dpjax import clipping
+from dpjax import per_example
 
 PyTree = Any
 
@@ -71,10 +70,7 @@ def register_conv_type(cls: type) -> None:
 
 
 def _conv_types() -> tuple[type, ...]:
-  # dpjax's VGG computes tiny convs as patches + matmul; it is a conv with nn.Conv's params.
-  vgg = sys.modules.get("dpjax.models.vgg")
-  extra = [vgg.PatchesConv] if vgg is not None and hasattr(vgg, "PatchesConv") else []
-  return (nn.Conv, *_extra_conv_types, *extra)
+  return (nn.Conv, *_extra_conv_types)
 
 
 def _tuple(value, n: int) -> tuple[int, ...]:
@@ -486,9 +482,9 @@ def capture(loss_fn: Callable, plan: Plan, params: PyTree, batch: PyTree, args: 
   return losses, features, out_grads
 
 
-def clip_and_sum_chunk(loss_fn, params, batch, mask, config: clipping.ClippingConfig, args,
+def clip_and_sum_chunk(loss_fn, params, batch, mask, config: per_example.ClippingConfig, args,
                        plan: Plan):
-  """Same contract as `clipping._clip_and_sum_chunk`, by ghost norms and book-keeping."""
+  """Same contract as `per_example.clip_and_sum_chunk`, by ghost norms and book-keeping."""
   losses, features, out_grads = capture(loss_fn, plan, params, batch, args, config.compute_dtype)
   leaves, treedef = jax.tree.flatten(params)
   budget = [KEEP_PER_EXAMPLE_BYTES]
@@ -509,11 +505,11 @@ def clip_and_sum_chunk(loss_fn, params, batch, mask, config: clipping.ClippingCo
     norms = jnp.sqrt(sum(leaf_sq.values(), zero))
     finite = jnp.isfinite(losses) & jnp.isfinite(norms)
     keep = mask & finite
-    weights = jnp.where(keep, clipping.clip_factor(norms, config.clip_norm).astype(f32), f32(0))
+    weights = jnp.where(keep, per_example.clip_factor(norms, config.clip_norm).astype(f32), f32(0))
     leaf_weights = {i: weights for i in range(len(leaves))}
     clipped = norms > config.clip_norm
   else:
-    names = clipping._group_names(params)  # pylint: disable=protected-access
+    names = per_example.group_names(params)
     missing = sorted(set(names) - set(config.layer_clip_norms))
     if missing:
       raise ValueError(f"layer_clip_norms has no bound for parameter groups {missing}; "
@@ -525,7 +521,7 @@ def clip_and_sum_chunk(loss_fn, params, batch, mask, config: clipping.ClippingCo
     norms = jnp.sqrt(sum(group_sq.values(), zero))
     finite = jnp.isfinite(losses) & jnp.isfinite(norms)
     keep = mask & finite
-    factors = {n: jnp.where(keep, clipping.clip_factor(v, config.layer_clip_norms[n]).astype(f32),
+    factors = {n: jnp.where(keep, per_example.clip_factor(v, config.layer_clip_norms[n]).astype(f32),
                             f32(0))
                for n, v in group_norm.items()}
     leaf_weights = {i: factors[name] for i, name in enumerate(names)}
@@ -542,7 +538,7 @@ def clip_and_sum_chunk(loss_fn, params, batch, mask, config: clipping.ClippingCo
     else:  # make_plan checked that the loss does not depend on it: its gradient is zero
       summed.append(jnp.zeros(jnp.shape(leaf), f32))
   f32_zero = jnp.zeros((), jnp.float32)
-  metrics = clipping.ClipMetrics(
+  metrics = per_example.ClipMetrics(
       num_examples=jnp.sum(mask).astype(jnp.float32),
       num_clipped=jnp.sum(keep & clipped).astype(jnp.float32),
       num_nonfinite=jnp.sum(mask & ~finite).astype(jnp.float32),
@@ -552,7 +548,7 @@ def clip_and_sum_chunk(loss_fn, params, batch, mask, config: clipping.ClippingCo
   return jax.tree.unflatten(treedef, summed), metrics
 
 
-def select_chunk_fn(loss_fn, params, batch, config: clipping.ClippingConfig, args):
+def select_chunk_fn(loss_fn, params, batch, config: per_example.ClippingConfig, args):
   """The per-chunk clipping function for `config.method`: ghost when it applies, else vmap."""
   reason = ""
   if config.norm != "l2":

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dpjax import ghost
+
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                 512, 512, 512, "M")
 
@@ -44,6 +46,10 @@ class PatchesConv(nn.Module):
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,))
     return y
+
+
+# A conv with nn.Conv's parameters: ghost clipping may treat it as one.
+ghost.register_conv_type(PatchesConv)
 
 
 class VGG(nn.Module):
