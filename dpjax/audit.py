@@ -1,6 +1,6 @@
 """Privacy you can check from outside: membership inference and empirical epsilon lower bounds.
 
-Three tools, all built on the real DP-SGD mechanism (`train.dp_gradient` / `train.train`):
+Three tools, all built on the real DP-SGD mechanism (`train.dp_gradient` / `engine.train`):
 
   * Membership-inference attacks scored by ROC AUC and the true-positive rate at low
     false-positive rates: the loss-threshold attack, and the likelihood-ratio attack (LiRA,
@@ -8,7 +8,7 @@ Three tools, all built on the real DP-SGD mechanism (`train.dp_gradient` / `trai
     trained in one `vmap`.
   * Canary auditing: `dirac_canary_audit` inserts m input-space "Dirac" canaries (a large input
     along a feature no real example uses, with a random label), includes each with probability
-    1/2, trains with `train.train`, scores each canary by how far the final model moved in its
+    1/2, trains with `engine.train`, scores each canary by how far the final model moved in its
     direction, and turns the guesses into an epsilon lower bound with the one-run test of Steinke,
     Nasr & Jagielski 2023 ("Privacy auditing with one (1) training run", Theorem 3 with delta).
     A correct mechanism stays at or below the accountant's epsilon with the stated confidence; a
@@ -19,14 +19,13 @@ Three tools, all built on the real DP-SGD mechanism (`train.dp_gradient` / `trai
 A lower bound is only evidence of a bug when it EXCEEDS the claimed epsilon; being far below it
 says nothing (final-model audits of Poisson-subsampled DP-SGD are known to be loose).
 
-Noise generation. dpjax draws its noise from JAX's threefry2x32 counter-based generator, keyed
-per step by `fold_in(noise_key, step)`. It passes statistical test batteries and is what makes
-runs reproducible, but it is not a cryptographically secure generator: its key has 64 bits, and
-anyone who learns the key (it sits in every checkpoint) can regenerate every noise vector and
-subtract it from released gradients. `secure_noise_key()` draws that key from the operating
-system's CSPRNG (`secrets`) instead of a seed, so the noise cannot be reproduced from the run's
-configuration. Remaining limits, stated plainly: the key is still 64 bits and is stored in the
-checkpoint (protect or delete checkpoints); the expansion is threefry, not a vetted CSPRNG; and
+Randomness. The noise and the batches of every audited model come from `dpjax.randomness`: the
+operating system's CSPRNG by default (fresh for every model, nothing to keep or leak), or, with
+`reproducible_private_randomness`, derived from the seed under a stream name per model, so that
+no two models share noise. The membership design (which examples and canaries each model holds,
+canary labels) is the auditor's experiment, not the training's private randomness: it stays a
+function of the public `seed`. Remaining limits of the noise itself, stated plainly: the
+per-model key is 64 bits expanded by threefry (not a vetted CSPRNG) and sits in checkpoints; and
 Gaussian samples are float32 values from an inverse-CDF transform, whose uneven low-order bits
 can leak the unnoised value (Mironov 2012, "On significance of the least significant bits for
 differential privacy"); no mainstream JAX library implements discrete or snapping mechanisms for
@@ -36,8 +35,9 @@ DP-SGD, so these limits apply to every JAX DP-SGD implementation we know of.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import secrets
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -48,6 +48,9 @@ import scipy.stats
 
 from dpjax import accounting
 from dpjax import clipping
+from dpjax import engine
+from dpjax import randomness as randomness_lib
+from dpjax import report
 from dpjax import sampling
 from dpjax import train
 
@@ -176,16 +179,23 @@ def _masked_gaussian(stats: np.ndarray, mask: np.ndarray, min_std: float):
 
 def train_models(loss_fn: Callable, init_params: PyTree, data: PyTree, membership: np.ndarray, *,
                  optimizer: optax.GradientTransformation, num_steps: int, sampling_rate: float,
-                 dp: train.DPConfig | None, key: jax.Array) -> PyTree:
+                 dp: train.DPConfig | None,
+                 randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE,
+                 stream: str = "shadow models") -> PyTree:
   """Trains one model per row of `membership` (M, N) at once (`vmap` over models).
 
   Each model trains on the examples its row marks, with Poisson sampling at `sampling_rate`
   (each marked example joins each step's batch independently) and, with `dp`, the real DP-SGD
-  mechanism `train.dp_gradient`. Every step evaluates the whole dataset under a mask, so this is
-  for small data. Returns the parameters stacked along a leading model axis.
+  mechanism `train.dp_gradient`. Model m draws its batches and noise from `randomness` under
+  the streams (`stream`, "model m", "sampling"/"noise"): fresh OS randomness by default, or
+  reproducible from a secret seed; never shared between models. The membership rows are the
+  auditor's design and may be seeded. Every step evaluates the whole dataset under a mask, so
+  this is for small data. Returns the parameters stacked along a leading model axis.
   """
   membership = jnp.asarray(membership, bool)
   num_models, num_examples = membership.shape
+  if not 0 < sampling_rate <= 1:
+    raise ValueError(f"sampling_rate={sampling_rate} must be in (0, 1].")
   data = jax.tree.map(jnp.asarray, data)
 
   if dp is None:
@@ -199,26 +209,37 @@ def train_models(loss_fn: Callable, init_params: PyTree, data: PyTree, membershi
     def gradient(params, mask, step_key):
       return train.dp_gradient(loss_fn, params, data, mask, step_key, dp)[0]
 
-  def one_model_step(params, opt_state, member, model_key, step):
-    sample_key, noise_key = jax.random.split(jax.random.fold_in(model_key, step))
-    mask = member & jax.random.bernoulli(sample_key, sampling_rate, (num_examples,))
-    grad = gradient(params, mask, noise_key)
+  # Why not one `engine.train` per model: the engine builds (and XLA compiles) a fresh step for
+  # every call, and with these tiny models the compile dominates. Measured on the 2-core dev box
+  # (quick preset's shadow MLPs, 16 models x 300 steps, under load): this vmapped loop 52 s in
+  # all, `engine.train` 6-10 s per model (about 2-3x slower; ~1.4 s per model once compiles are
+  # cached, so an engine-side cache of compiled steps would make the engine the faster path).
+  # The private randomness is the engine's all the same: each model's sampling and noise keys
+  # come from `randomness` under its own stream (threefry-expanded inside the jit, as the
+  # engine expands its noise key).
+  def one_model_step(params, opt_state, member, sample_key, noise_key, step):
+    mask = member & jax.random.bernoulli(jax.random.fold_in(sample_key, step), sampling_rate,
+                                         (num_examples,))
+    grad = gradient(params, mask, jax.random.fold_in(noise_key, step))
     updates, opt_state = optimizer.update(grad, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
   @jax.jit
-  def run(model_keys):
+  def run(sample_keys, noise_keys):
     params = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_models,) + p.shape), init_params)
     opt_state = jax.vmap(optimizer.init)(params)
 
     def body(carry, step):
-      params, opt_state = jax.vmap(one_model_step, in_axes=(0, 0, 0, 0, None))(
-          *carry, membership, model_keys, step)
+      params, opt_state = jax.vmap(one_model_step, in_axes=(0, 0, 0, 0, 0, None))(
+          *carry, membership, sample_keys, noise_keys, step)
       return (params, opt_state), None
     (params, _), _ = jax.lax.scan(body, (params, opt_state), jnp.arange(num_steps))
     return params
 
-  return run(jax.random.split(key, num_models))
+  sample_keys, noise_keys = (
+      jnp.stack([randomness.key(stream, f"model {m}", kind) for m in range(num_models)])
+      for kind in ("sampling", "noise"))
+  return run(sample_keys, noise_keys)
 
 
 def random_halves(key_seed: int, num_models: int, num_examples: int) -> np.ndarray:
@@ -382,6 +403,10 @@ class CanaryAuditConfig:
   `bug` deliberately breaks the mechanism while the ledger still reports the claimed epsilon:
   "none", "no_clip" (clip norm 1e6 with noise still calibrated to clip norm 1: the classic
   "clipping silently off") or "no_noise" (noise multiplier 0).
+
+  `seed` is the auditor's design (canary labels and which canaries are included): public. The
+  batches and noise come from the OS CSPRNG unless `reproducible_private_randomness`, which
+  derives them from `seed` (then a secret of the training, though the auditor knows it).
   """
   num_canaries: int = 500
   canary_scale: float = 1e4  # the canary's input norm: its gradient always hits the clip
@@ -396,6 +421,7 @@ class CanaryAuditConfig:
   confidence: float = 0.95
   bug: str = "none"
   seed: int = 0
+  reproducible_private_randomness: bool = False
 
   def __post_init__(self):
     if self.bug not in ("none", "no_clip", "no_noise"):
@@ -416,9 +442,13 @@ def softmax_linear_loss(params, example):
   return cross_entropy(x @ params["w"] + params["b"], y)
 
 
-def dirac_canary_audit(config: CanaryAuditConfig, base_data: tuple[np.ndarray, np.ndarray] | None = None
-                       ) -> dict:
-  """Trains once with `train.train` on real data plus a random half of m canaries; audits it.
+def dirac_canary_audit(config: CanaryAuditConfig, base_data: tuple[np.ndarray, np.ndarray] | None = None,
+                       stream: str = "canary audit") -> dict:
+  """Trains once with `engine.train` on real data plus a random half of m canaries; audits it.
+
+  The run's batches and noise come from `randomness_lib.from_flag(
+  config.reproducible_private_randomness, config.seed)` under `stream` (give each audited run of
+  a study its own).
 
   Canary j is the input `canary_scale * e_(d + j)` (a feature no real example touches) with a
   random label c_j. Its only trace in the model is row d + j of the weights, so the score
@@ -443,14 +473,14 @@ def dirac_canary_audit(config: CanaryAuditConfig, base_data: tuple[np.ndarray, n
     clip_norm, sigma = 1e6, claimed_sigma * config.clip_norm / 1e6  # same absolute noise
   elif config.bug == "no_noise":
     sigma = 0.0
-  sampler = sampling.BatchSampler(len(x), config.batch_size, config.sampling, seed=config.seed)
+  sampler = sampling.BatchSampler(len(x), config.batch_size, config.sampling)
   dp = train.DPConfig(clipping.ClippingConfig(clip_norm), sigma, sampler.expected_batch_size)
   params = {"w": jnp.zeros((d + m, num_classes)), "b": jnp.zeros(num_classes)}
-  loop = train.LoopConfig(num_steps=config.num_steps, delta=config.delta,
-                          accountant=config.accountant, log_every=0)
-  result = train.train(softmax_linear_loss, params, optax.sgd(config.learning_rate), (x, y),
-                       sampler=sampler, dp=dp, loop=loop,
-                       noise_key=jax.random.PRNGKey(config.seed))
+  loop = engine.LoopConfig(num_steps=config.num_steps, delta=config.delta,
+                           accountant=config.accountant, log_every=0)
+  source = randomness_lib.from_flag(config.reproducible_private_randomness, config.seed)
+  result = engine.train(softmax_linear_loss, params, optax.sgd(config.learning_rate), (x, y),
+                        sampler=sampler, dp=dp, loop=loop, randomness=source, stream=stream)
 
   rows = np.asarray(result.state.params["w"])[d:]
   scores = rows[np.arange(m), canary_labels] - rows.mean(1)
@@ -465,8 +495,19 @@ def dirac_canary_audit(config: CanaryAuditConfig, base_data: tuple[np.ndarray, n
           "exceeds_accountant": audit["epsilon_lower_bound"] > claimed}
 
 
-def secure_noise_key() -> jax.Array:
-  """A noise key from the OS's CSPRNG instead of a seed: the noise cannot be re-derived from the
-  run's configuration (but the run is then not reproducible). See the module docstring."""
-  # The raw uint32[2] layout of `jax.random.PRNGKey(seed)`, so checkpoints store it alike.
-  return jnp.asarray(np.frombuffer(secrets.token_bytes(8), np.uint32))
+SECRET_SEED_FILE = "secret_seed.json"
+
+
+def save_secret_seed(workdir: str, randomness: randomness_lib.PrivateRandomness) -> str | None:
+  """With reproducible private randomness, writes the seed to `<workdir>/private/` (only there).
+
+  Returns the path, or None when the randomness is the OS CSPRNG (nothing to keep).
+  """
+  if randomness.secure:
+    return None
+  path = os.path.join(report.private_dir(workdir), SECRET_SEED_FILE)
+  with open(path, "w") as f:
+    json.dump({"secret_seed": randomness.secret_seed,
+               "why": "derives every batch and noise draw of the run: whoever holds it can "
+                      "subtract the noise; never release it"}, f, indent=1)
+  return path

@@ -5,16 +5,25 @@
 For each target epsilon (default 1, 4, 8), a non-private baseline and a deliberately broken
 "no-clip" run (clip norm 1e6 with the noise calibrated to clip norm 1, claiming epsilon 1):
 
-  * canary audit (`dpjax.audit.dirac_canary_audit`): one `train.train` run of softmax
+  * canary audit (`dpjax.audit.dirac_canary_audit`): one `engine.train` run of softmax
     regression on digits plus m Dirac canaries; the one-run lower bound (Steinke et al. 2023) at
     95% confidence against the ledger's epsilon;
   * membership inference: M shadow MLPs on a digits subset, each on a random half; loss-threshold
     attack and LiRA (online/offline), leave-one-model-out; AUC and TPR at FPR 0.1% and 1%.
 
+Every audited model draws its batches and noise from its own secret stream (the OS CSPRNG;
+`--reproducible_private_randomness` derives them from `--seed`, which then becomes a secret of
+the training, though the auditor knows it). `--seed` otherwise sets the auditor's design: the
+digits subset, which examples each model holds, the canaries' labels and inclusion, and the
+initialisation.
+
 Writes config.json, results.json and results.md in --workdir, and two figures beside them:
 roc_curves.png (each attack's ROC curve per setting, log-log, Carlini et al. 2022) and
 epsilon_lower_bound.png (canary lower bound against the accountant's epsilon, with y = x).
-results.json lists the figures under "plots" and holds no per-example membership scores.
+results.json lists the figures under "plots" and holds no per-example membership scores nor
+training-set statistics; the shadow models' training accuracy is a private diagnostic in
+private/diagnostics.json. privacy_report.{json,md} lists each audited training and what the
+audit's numbers are (measurements made with the membership, not DP outputs).
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ import optax
 from dpjax import accounting
 from dpjax import audit
 from dpjax import clipping
+from dpjax import randomness as randomness_lib
+from dpjax import report
 from dpjax import train
 from dpjax.data import validate
 
@@ -51,7 +62,8 @@ class Config:
   delta: float = 1e-5
   accountant: str = "rdp"
   confidence: float = 0.95
-  seed: int = 0
+  seed: int = 0  # the auditor's design; the secret of noise and batches only with the flag below
+  reproducible_private_randomness: bool = False
   # Canary audit (softmax regression on all 1,797 digits + canaries).
   num_canaries: int = 1000
   canary_steps: int = 200
@@ -82,6 +94,13 @@ class Config:
     if self.mia_examples > 1797:
       raise ValueError(f"--mia_examples={self.mia_examples}: digits has only 1797 examples.")
 
+  def randomness(self) -> randomness_lib.PrivateRandomness:
+    return randomness_lib.from_flag(self.reproducible_private_randomness, self.seed)
+
+  def public_dict(self) -> dict:
+    """The config fit for the released config.json: the seed hidden when it keys the noise."""
+    return randomness_lib.redact(dataclasses.asdict(self), self.randomness())
+
 
 PRESETS = {
     "tiny": dict(epsilons=(1.0, 8.0), num_canaries=100, canary_steps=30, canary_batch_size=64,
@@ -109,7 +128,7 @@ def settings(config: Config) -> list[dict]:
   return rows
 
 
-def run_canary_audit(config: Config, target_epsilon: float, bug: str) -> dict:
+def run_canary_audit(config: Config, target_epsilon: float, bug: str, setting: str = "") -> dict:
   num_real = 1797
   expected_size = num_real + config.num_canaries // 2
   phase = accounting.PrivacyPhase(1.0, expected_size, config.canary_batch_size,
@@ -118,8 +137,9 @@ def run_canary_audit(config: Config, target_epsilon: float, bug: str) -> dict:
   canary_config = audit.CanaryAuditConfig(
       num_canaries=config.num_canaries, noise_multiplier=sigma, batch_size=config.canary_batch_size,
       num_steps=config.canary_steps, learning_rate=config.canary_learning_rate, delta=config.delta,
-      accountant=config.accountant, confidence=config.confidence, bug=bug, seed=config.seed)
-  return audit.dirac_canary_audit(canary_config)
+      accountant=config.accountant, confidence=config.confidence, bug=bug, seed=config.seed,
+      reproducible_private_randomness=config.reproducible_private_randomness)
+  return audit.dirac_canary_audit(canary_config, stream=f"canary audit {setting}")
 
 
 def mia_model(hidden: int):
@@ -128,11 +148,13 @@ def mia_model(hidden: int):
   return init, audit.mlp_logits
 
 
-def run_membership_inference(config: Config, target_epsilon: float, bug: str | None
-                             ) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
-  """(summary for results.json, {attack: (fpr, tpr)} ROC curves for the figure).
+def run_membership_inference(config: Config, target_epsilon: float, bug: str | None,
+                             setting: str = "") -> tuple[dict, dict, dict]:
+  """(summary for results.json, {attack: (fpr, tpr)} ROC curves for the figure, private
+  diagnostics).
 
   The per-example scores stay in memory: only their ROC curves and metrics leave this function.
+  The shadow models' accuracy on their own training examples is a private diagnostic.
   """
   x, y = audit.digits_features()
   subset = np.random.default_rng(config.seed).permutation(len(x))[: config.mia_examples]
@@ -158,7 +180,8 @@ def run_membership_inference(config: Config, target_epsilon: float, bug: str | N
   params = audit.train_models(
       loss_fn, init(jax.random.PRNGKey(config.seed), x.shape[1], 10), (x, y), membership,
       optimizer=optax.adam(config.mia_learning_rate), num_steps=config.mia_steps,
-      sampling_rate=config.mia_sampling_rate, dp=dp, key=jax.random.PRNGKey(config.seed + 1))
+      sampling_rate=config.mia_sampling_rate, dp=dp, randomness=config.randomness(),
+      stream=f"membership inference {setting}")
   all_logits = jax.vmap(lambda p: logits(p, x))(params)
   labels = jnp.broadcast_to(y, membership.shape)
   stats = np.asarray(audit.logit_confidence(all_logits, labels))
@@ -167,26 +190,33 @@ def run_membership_inference(config: Config, target_epsilon: float, bug: str | N
   scores = audit.membership_inference_scores(stats, losses, membership)
   is_member = membership.reshape(-1)
   summary = {"accountant_epsilon": epsilon, "noise_multiplier": sigma,
-             "train_accuracy": float(correct[membership].mean()),
              "heldout_accuracy": float(correct[~membership].mean()),
              **{name: audit.attack_metrics(s, is_member) for name, s in scores.items()}}
-  return summary, {name: audit.roc_curve(s, is_member) for name, s in scores.items()}
+  diagnostics = {"train_accuracy": float(correct[membership].mean()),
+                 "train_loss": float(losses[membership].mean())}
+  return (summary, {name: audit.roc_curve(s, is_member) for name, s in scores.items()},
+          diagnostics)
+
+
+DIAGNOSTICS = "diagnostics.json"
 
 
 def train_and_evaluate(config: Config, workdir: str) -> dict:
   config.validate()
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=2)
-  rows, roc_curves = [], {}
+    json.dump(config.public_dict(), f, indent=2)
+  audit.save_secret_seed(workdir, config.randomness())
+  rows, roc_curves, diagnostics = [], {}, {}
   for row in settings(config):
     start = time.perf_counter()
+    name = row["setting"]
     if row["bug"] is not None:
-      row["canary"] = run_canary_audit(config, row["target_epsilon"], row["bug"])
-    row["membership_inference"], roc_curves[row["setting"]] = run_membership_inference(
-        config, row["target_epsilon"], row["bug"])
+      row["canary"] = run_canary_audit(config, row["target_epsilon"], row["bug"], name)
+    row["membership_inference"], roc_curves[name], diagnostics[name] = run_membership_inference(
+        config, row["target_epsilon"], row["bug"], name)
     row["seconds"] = time.perf_counter() - start
-    logging.info("%s: %s", row["setting"], _summary(row))
+    logging.info("%s: %s", name, _summary(row))
     rows.append(row)
   results = {"rows": rows, "delta": config.delta, "confidence": config.confidence,
              "plots": write_plots(rows, roc_curves, workdir, config.confidence)}
@@ -194,7 +224,73 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     json.dump(results, f, indent=2, default=_json_default)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(markdown_table(rows))
+  with open(os.path.join(report.private_dir(workdir), DIAGNOSTICS), "w") as f:
+    json.dump({"shadow_models_on_their_training_examples": diagnostics}, f, indent=2)
+  write_privacy_report(config, rows, workdir, results["plots"])
   return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Privacy report.
+
+NOT_COVERED = (
+    "the audit's numbers (attack AUCs and TPRs, ROC curves, canary guesses and epsilon lower "
+    "bounds) are measurements the auditor makes with the membership of every example and "
+    "canary (its experimental design): they are not DP outputs, and their aggregate form is "
+    "what keeps per-example scores out of the released files",
+    "the held-out accuracy of the membership-inference models is measured on the examples each "
+    "model did not train on, from the same public digits subset",
+    "the design comes from --seed and is public to the auditor: the digits subset, each model's "
+    "half of it, the canaries' labels and inclusion, the initialisation",
+    "the data: scikit-learn's public digits set plus synthetic canaries; no private data is used",
+)
+
+
+def releases(config: Config, rows: list[dict], files: list[str]) -> list[dict]:
+  """One report entry per audited training: its parameters stay in memory, and only the
+  audit's aggregate numbers (in `files`) leave it."""
+  entries = []
+  for row in rows:
+    mia = row["membership_inference"]
+    bugged = row["bug"] not in (None, "none")
+    claim = {"claimed_epsilon": mia["accountant_epsilon"]} if bugged else {}
+    mechanism = ("none (non-private)" if row["bug"] is None else
+                 f"DP-SGD with a planted bug ({row['bug']}): the claimed epsilon does not hold"
+                 if bugged else "DP-SGD, gaussian noise")
+    # The mechanism as it ran: the no-clip bug clips at NO_CLIP_NORM with the claimed noise.
+    clip_norm = None if row["bug"] is None else NO_CLIP_NORM if bugged else 1.0
+    scale = NO_CLIP_NORM if bugged else 1.0
+    trainings = [("membership-inference models", config.num_models, mia, config.mia_steps)]
+    if "canary" in row:
+      trainings.insert(0, ("canary-audit model", 1, row["canary"], row["canary"]["num_steps"]))
+    for what, count, numbers, steps in trainings:
+      epsilon = math.inf if (row["bug"] is None or bugged) else numbers["accountant_epsilon"]
+      entries.append(report.release(
+          f"{row['setting']}: {count} {what} (parameters not released)", files,
+          epsilon=epsilon, delta=config.delta, mechanism=mechanism,
+          accountant=config.accountant, sampling="poisson", steps=steps,
+          noise_multiplier=numbers["noise_multiplier"] / scale, clip_norm=clip_norm, **claim))
+  return entries
+
+
+def write_privacy_report(config: Config, rows: list[dict], workdir: str, plots: list[str]
+                         ) -> tuple[str, str]:
+  randomness = config.randomness()
+  files = ["results.json", "results.md", *plots]
+  not_covered = list(NOT_COVERED)
+  if any(row["bug"] is None for row in rows):
+    not_covered.insert(0, "the 'nonprivate' models train without any privacy (epsilon inf)")
+  if any(row["bug"] not in (None, "none") for row in rows):
+    not_covered.insert(0, "the planted-bug runs (no_clip) break the mechanism on purpose: no "
+                          "guarantee, whatever epsilon they claim; they show what the audit catches")
+  notes = ["each model's epsilon holds for that model; the models of one setting train on "
+           "overlapping halves of the same examples"]
+  if not randomness.secure:
+    notes.append("--reproducible_private_randomness: --seed (private/secret_seed.json) derives "
+                 "every batch and noise draw, and is also the auditor's design seed; the "
+                 "guarantees assume it secret from anyone but the auditor")
+  return report.write_privacy_report(workdir, releases(config, rows, files), randomness,
+                                     not_covered=not_covered, notes=notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +449,12 @@ def define_flags() -> None:
   """Defined on demand, so tests can import several entry points into one process."""
   flags.DEFINE_string("workdir", None, "Output directory.")
   flags.DEFINE_string("preset", "quick", f"One of {sorted(PRESETS)}.")
-  flags.DEFINE_integer("seed", 0, "Seed of data splits, sampling and noise.")
+  flags.DEFINE_integer("seed", 0, "Seed of the audit's design (data subset, memberships, "
+                       "canaries, initialisation); of the noise and batches only with "
+                       "--reproducible_private_randomness.")
+  flags.DEFINE_bool("reproducible_private_randomness", False,
+                    "Derive every model's batches and noise from --seed (then a secret, kept "
+                    "in private/secret_seed.json) instead of the OS CSPRNG.")
   flags.DEFINE_list("epsilons", None, "Override the target epsilons, e.g. 1,4,8.")
 
 
@@ -362,7 +463,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required.")
-  overrides = {"seed": FLAGS.seed}
+  overrides = {"seed": FLAGS.seed,
+               "reproducible_private_randomness": FLAGS.reproducible_private_randomness}
   try:
     if FLAGS.epsilons:
       overrides["epsilons"] = tuple(float(e) for e in FLAGS.epsilons)

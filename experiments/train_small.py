@@ -3,9 +3,20 @@
   python -m experiments.train_small --workdir=/tmp/small --num_steps=200 --checkpoint_every=20
 
 Trains softmax regression (or a small MLP) on scikit-learn's embedded digits (or an .npz file with
-arrays `x` (N, features) and `y` (N,)) with `dpjax.train.train`: Poisson batches, the privacy
-ledger, atomic checkpoints and resume from `--workdir`. Writes `config.json`, `metrics.jsonl`,
-`results.json` (epsilon, steps, the ledger, a SHA-256 of the final parameters) and `params.npz`.
+arrays `x` (N, features) and `y` (N,)) with `dpjax.engine.train`: Poisson batches, the privacy
+ledger, atomic checkpoints and resume from `--workdir`.
+
+Batches and noise come from the OS CSPRNG: a resumed run keeps its ledger (every step counted
+once) but is not bit-identical to an uninterrupted one. `--reproducible_private_randomness`
+derives them from `--seed` instead (then a secret: hidden in config.json, kept in
+private/secret_seed.json), and a killed-and-resumed run then matches an uninterrupted one bit
+for bit.
+
+Released: `config.json`, `progress.jsonl` (step, epsilon, throughput), `results.json` (epsilon,
+steps, the ledger, a SHA-256 of the final parameters), `params.npz` and
+`privacy_report.{json,md}`. Private, under `private/`: the checkpoint (with the secret noise key),
+`metrics.jsonl` (training loss, clipped fraction, gradient norms, batch sizes) and
+`diagnostics.json` (final training accuracy and loss).
 """
 
 from __future__ import annotations
@@ -28,6 +39,9 @@ import optax
 from dpjax import accounting
 from dpjax import audit
 from dpjax import clipping
+from dpjax import engine
+from dpjax import randomness as randomness_lib
+from dpjax import report
 from dpjax import sampling
 from dpjax import train
 from dpjax.data import paths
@@ -51,8 +65,8 @@ class Config:
   model: str = "linear"
   data: str = "digits"  # "digits" or an .npz path (relative paths are under data_dir)
   data_dir: str | None = None
-  seed: int = 0
-  secure_noise: bool = False
+  seed: int = 0  # initialisation; also the secret of batches and noise with the flag below
+  reproducible_private_randomness: bool = False
   sleep_per_step: float = 0.0  # tests only: slows the loop so a kill lands mid-run
 
   def validate(self) -> None:
@@ -65,6 +79,13 @@ class Config:
       raise ValueError(f"--delta={self.delta} must be in (0, 1).")
     validate.check_choice("model", self.model, MODELS)
     validate.check_choice("accountant", self.accountant, accounting.ACCOUNTANTS)
+
+  def randomness(self) -> randomness_lib.PrivateRandomness:
+    return randomness_lib.from_flag(self.reproducible_private_randomness, self.seed)
+
+  def public_dict(self) -> dict:
+    """The config fit for the released config.json: the seed hidden when it keys the noise."""
+    return randomness_lib.redact(dataclasses.asdict(self), self.randomness())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +137,22 @@ def params_digest(params) -> str:
   return digest.hexdigest()
 
 
+DIAGNOSTICS = "diagnostics.json"
+RELEASED = ("params.npz", "results.json", "progress.jsonl", "config.json")
+NOT_COVERED = (
+    "the number of training examples and classes, treated as public (they set the sampling rate "
+    "and the model's shape)",
+    "the default hyperparameters were not chosen by a DP procedure",
+)
+
+
+def _write_json(path: str, value) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2)
+  os.replace(tmp, path)
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict:
   config.validate()
   x, y = load_data(config)
@@ -124,27 +161,23 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     raise ValueError(f"--batch_size={config.batch_size} is larger than the dataset "
                      f"({len(x)} examples from --data={config.data}); lower it or add data.")
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=2)
+  randomness = config.randomness()
+  _write_json(os.path.join(workdir, "config.json"), config.public_dict())
+  audit.save_secret_seed(workdir, randomness)
 
-  sampler = SlowSampler(len(x), config.batch_size, "poisson", seed=config.seed,
-                        sleep_per_step=config.sleep_per_step)
+  sampler = SlowSampler(len(x), config.batch_size, "poisson", sleep_per_step=config.sleep_per_step)
   dp = train.DPConfig(clipping.ClippingConfig(config.clip_norm), config.noise_multiplier,
                       sampler.expected_batch_size)
-  loop = train.LoopConfig(num_steps=config.num_steps, delta=config.delta,
-                          accountant=config.accountant, max_epsilon=config.max_epsilon,
-                          workdir=workdir, checkpoint_every=config.checkpoint_every,
-                          log_every=config.checkpoint_every,
-                          allow_privacy_change=config.allow_privacy_change)
-  noise_key = audit.secure_noise_key() if config.secure_noise else jax.random.PRNGKey(config.seed)
+  loop = engine.LoopConfig(num_steps=config.num_steps, delta=config.delta,
+                           accountant=config.accountant, max_epsilon=config.max_epsilon,
+                           workdir=workdir, checkpoint_every=config.checkpoint_every,
+                           log_every=config.checkpoint_every,
+                           allow_privacy_change=config.allow_privacy_change)
   params = init_params(config.model, x.shape[1], num_classes, jax.random.PRNGKey(config.seed + 1))
-
-  def accuracy(p):
-    return {"accuracy": float(jnp.mean(jnp.argmax(logits(p, x), -1) == y))}
-
-  result = train.train(loss_fn, params, optax.sgd(config.learning_rate, momentum=0.9), (x, y),
-                       sampler=sampler, dp=dp, loop=loop, noise_key=noise_key, eval_fn=accuracy,
-                       run_config=dataclasses.asdict(config))
+  # No eval_fn: all the data trains, and what eval_fn returns is released.
+  result = engine.train(loss_fn, params, optax.sgd(config.learning_rate, momentum=0.9), (x, y),
+                        sampler=sampler, dp=dp, loop=loop, randomness=randomness,
+                        run_config=dataclasses.asdict(config))
   final = jax.tree.map(np.asarray, result.state.params)
   np.savez(os.path.join(workdir, "params.npz"), **final)
   results = {
@@ -154,10 +187,13 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       "stopped_by_budget": result.stopped_by_budget,
       "ledger": result.ledger.to_dict(),
       "params_sha256": params_digest(final),
-      **accuracy(final),
   }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  _write_json(os.path.join(workdir, "results.json"), results)
+  _write_json(os.path.join(report.private_dir(workdir), DIAGNOSTICS), {
+      "train_accuracy": float(jnp.mean(jnp.argmax(logits(final, x), -1) == y)),
+      "last_logged_step": result.private_history[-1] if result.private_history else None})
+  release = result.release("trained parameters", list(RELEASED), config.delta, config.accountant)
+  report.write_privacy_report(workdir, [release], randomness, not_covered=NOT_COVERED)
   if result.stopped_by_budget:
     logging.warning("stopped at step %d of %d: --max_epsilon=%g reached (epsilon=%.4f).",
                     results["steps"], config.num_steps, config.max_epsilon, results["epsilon"])
@@ -185,9 +221,12 @@ def define_flags() -> None:
   flags.DEFINE_string("model", Config.model, f"One of {MODELS}.")
   flags.DEFINE_string("data", Config.data, "'digits' (embedded) or an .npz file with arrays x, y.")
   flags.DEFINE_string("data_dir", None, "Directory for a relative --data path.")
-  flags.DEFINE_integer("seed", Config.seed, "Seed of sampling, noise and initialisation.")
-  flags.DEFINE_bool("secure_noise", False,
-                    "Draw the noise key from the OS CSPRNG (not reproducible; see dpjax/audit.py).")
+  flags.DEFINE_integer("seed", Config.seed, "Seed of the initialisation; of the batches and "
+                       "noise too with --reproducible_private_randomness.")
+  flags.DEFINE_bool("reproducible_private_randomness", False,
+                    "Derive batches and noise from --seed (then a secret, kept in "
+                    "private/secret_seed.json) instead of the OS CSPRNG; a resumed run then "
+                    "matches an uninterrupted one bit for bit.")
   flags.DEFINE_float("sleep_per_step", 0.0, "Seconds to sleep per step (for kill-and-resume tests).")
 
 

@@ -13,6 +13,7 @@ from sklearn import metrics
 
 from dpjax import audit
 from dpjax import clipping
+from dpjax import randomness
 from dpjax import train
 
 
@@ -99,7 +100,7 @@ def test_shadow_models_memorise_without_privacy_and_not_with_heavy_noise():
   for name, dp in (("nonprivate", None),
                    ("dp", train.DPConfig(clipping.ClippingConfig(1.0), 50.0, 0.5 * 60))):
     stacked = audit.train_models(tiny_loss, params, (x, y), membership, optimizer=optax.sgd(0.5),
-                                 num_steps=200, sampling_rate=0.5, dp=dp, key=jax.random.PRNGKey(0))
+                                 num_steps=200, sampling_rate=0.5, dp=dp)
     assert jax.tree.leaves(stacked)[0].shape[0] == 8
     logits = jnp.einsum("nd,mdk->mnk", x, stacked["w"]) + stacked["b"][:, None]
     labels = jnp.broadcast_to(y, membership.shape)
@@ -111,18 +112,43 @@ def test_shadow_models_memorise_without_privacy_and_not_with_heavy_noise():
   assert abs(results["dp"]["lira_online"]["auc"] - 0.5) < 0.1
 
 
-def test_train_models_is_reproducible_and_respects_membership():
+def tiny_shadow_models(source, noise_multiplier=0.0, membership=None):
   x, y = tiny_classification(n=40, d=5)
-  membership = np.zeros((2, 40), bool)
-  membership[0, :20] = True  # model 1 sees nothing: without noise it must not move
+  if membership is None:
+    membership = np.zeros((2, 40), bool)
+    membership[0, :20] = True  # model 1 sees nothing: without noise it must not move
   params = {"w": jnp.zeros((5, 2)), "b": jnp.zeros(2)}
-  dp = train.DPConfig(clipping.ClippingConfig(1.0), 0.0, 10.0)
-  run = lambda: audit.train_models(tiny_loss, params, (x, y), membership, optimizer=optax.sgd(0.1),
-                                   num_steps=5, sampling_rate=0.5, dp=dp, key=jax.random.PRNGKey(3))
-  a, b = run(), run()
-  np.testing.assert_array_equal(a["w"], b["w"])
-  assert np.abs(a["w"][0]).sum() > 0
-  assert np.abs(a["w"][1]).sum() == 0
+  dp = train.DPConfig(clipping.ClippingConfig(1.0), noise_multiplier, 10.0)
+  return audit.train_models(tiny_loss, params, (x, y), membership, optimizer=optax.sgd(0.1),
+                            num_steps=5, sampling_rate=0.5, dp=dp, randomness=source)
+
+
+def test_train_models_respects_membership():
+  stacked = tiny_shadow_models(randomness.SECURE)
+  assert np.abs(stacked["w"][0]).sum() > 0
+  assert np.abs(stacked["w"][1]).sum() == 0
+
+
+def test_train_models_batches_are_secret_by_default_and_reproducible_with_the_opt_in():
+  """Same public inputs: different models from the OS CSPRNG, identical ones from a secret seed."""
+  a, b = tiny_shadow_models(randomness.SECURE), tiny_shadow_models(randomness.SECURE)
+  assert not np.array_equal(a["w"][0], b["w"][0])
+  secret = randomness.PrivateRandomness(secret_seed=3)
+  np.testing.assert_array_equal(tiny_shadow_models(secret)["w"], tiny_shadow_models(secret)["w"])
+
+
+def test_shadow_models_never_share_noise():
+  """Two models on the same examples, with a secret seed: each its own noise stream."""
+  membership = np.ones((2, 40), bool)
+  stacked = tiny_shadow_models(randomness.PrivateRandomness(secret_seed=3), noise_multiplier=1.0,
+                               membership=membership)
+  assert not np.allclose(stacked["w"][0], stacked["w"][1])
+
+
+def test_train_models_takes_no_public_noise_key():
+  with pytest.raises(TypeError, match="key"):
+    audit.train_models(tiny_loss, {}, (), np.ones((3, 1), bool), optimizer=optax.sgd(0.1),
+                       num_steps=1, sampling_rate=0.5, dp=None, key=jax.random.PRNGKey(0))
 
 
 # ----------------------------------------------------------------------------- lower bounds
@@ -220,13 +246,6 @@ def test_broken_dp_sgd_is_caught_by_the_audit(canary_audits, bug):
 def test_canary_audit_config_rejects_unknown_bug():
   with pytest.raises(ValueError, match="bug='typo'"):
     audit.CanaryAuditConfig(bug="typo")
-
-
-def test_secure_noise_key_is_fresh_and_usable():
-  a, b = audit.secure_noise_key(), audit.secure_noise_key()
-  assert a.shape == jax.random.PRNGKey(0).shape and a.dtype == jax.random.PRNGKey(0).dtype
-  assert not np.array_equal(a, b)
-  assert jax.random.normal(jax.random.fold_in(a, 1), (3,)).shape == (3,)
 
 
 def test_lira_handles_an_example_no_shadow_holds():

@@ -76,7 +76,71 @@ def test_results_json_holds_no_per_example_membership_scores(outputs):
       return max([len(value)] + [longest_list(v) for v in value])
     return 0
   assert longest_list(json.loads((workdir / "results.json").read_text())) < config.mia_examples
-  assert not (workdir / "private").exists()
+
+
+# "loss" is not here: it names the loss-threshold attack in the tables.
+UNNOISED_STATISTICS = ("train_accuracy", "train_loss", "mean_grad_norm", "clipped_fraction",
+                       "batch_size", "num_nonfinite")
+
+
+def all_keys(value) -> set:
+  if isinstance(value, dict):
+    return set(value).union(*(all_keys(v) for v in value.values()))
+  if isinstance(value, list):
+    return set().union(*(all_keys(v) for v in value))
+  return set()
+
+
+def test_results_hold_no_unnoised_training_statistic(outputs):
+  _, workdir, results = outputs
+  for name in ("results.json", "config.json"):
+    assert not all_keys(json.loads((workdir / name).read_text())) & set(UNNOISED_STATISTICS), name
+  table = (workdir / "results.md").read_text()
+  assert not any(key in table or key.replace("_", " ") in table for key in UNNOISED_STATISTICS)
+  for row in results["rows"]:
+    assert "heldout_accuracy" in row["membership_inference"]
+  private = json.loads((workdir / "private" / "diagnostics.json").read_text())
+  shadows = private["shadow_models_on_their_training_examples"]
+  assert set(shadows) == {"nonprivate", "eps=1"}
+  assert all(0 <= entry["train_accuracy"] <= 1 for entry in shadows.values())
+
+
+def test_privacy_report_names_every_audited_training_and_the_released_files(outputs):
+  config, workdir, results = outputs
+  report = json.loads((workdir / "privacy_report.json").read_text())
+  assert report["secure_randomness"] is True
+  names = [r["name"] for r in report["releases"]]
+  assert names == ["nonprivate: 4 membership-inference models (parameters not released)",
+                   "eps=1: 1 canary-audit model (parameters not released)",
+                   "eps=1: 4 membership-inference models (parameters not released)"]
+  by_name = dict(zip(names, report["releases"]))
+  assert by_name[names[0]]["epsilon"] == "inf"
+  assert by_name[names[1]]["epsilon"] == pytest.approx(results["rows"][1]["canary"]["accountant_epsilon"])
+  assert (by_name[names[1]]["steps"], by_name[names[2]]["steps"]) == (config.canary_steps,
+                                                                      config.mia_steps)
+  assert by_name[names[2]]["clip_norm"] == 1.0 and by_name[names[2]]["noise_multiplier"] > 0
+  for release in report["releases"]:
+    assert set(release["files"]) == {"results.json", "results.md", *results["plots"]}
+    assert all((workdir / name).exists() for name in release["files"])
+  assert any("not DP outputs" in item for item in report["not_covered"])
+  assert (workdir / "privacy_report.md").exists()
+  assert not (workdir / "private" / "secret_seed.json").exists()
+  assert json.loads((workdir / "config.json").read_text())["reproducible_private_randomness"] is False
+
+
+def test_the_studys_canary_audit_fires_on_its_planted_bug_and_not_on_correct_dp_sgd():
+  """Both directions on one tiny config claiming epsilon 1: a correct run stays at or below
+  the claim, the no-clip run (noise calibrated to clip norm 1, clipping at 1e6) exceeds it.
+  100 steps so that nearly every included canary is sampled at least once."""
+  config = audit_experiment.make_config("tiny", canary_steps=100)
+  correct = audit_experiment.run_canary_audit(config, 1.0, "none", "eps=1")
+  broken = audit_experiment.run_canary_audit(config, 1.0, "no_clip", "no_clip")
+  for result in (correct, broken):
+    assert result["accountant_epsilon"] == pytest.approx(1.0, rel=0.03)
+  assert correct["epsilon_lower_bound"] <= correct["accountant_epsilon"]
+  assert not correct["exceeds_accountant"]
+  assert broken["epsilon_lower_bound"] > broken["accountant_epsilon"] + 0.3
+  assert broken["exceeds_accountant"]
 
 
 def test_roc_figure_is_log_log_with_the_diagonal_and_zeros_floored():
@@ -117,6 +181,14 @@ def test_epsilon_figure_has_the_claim_line_and_draws_an_infinite_bound_on_top(tm
   assert "no_clip: inf" in [t.get_text() for t in axis.texts]
   name = audit_experiment._save(figure, str(tmp_path), "eps.png")  # pylint: disable=protected-access
   assert (tmp_path / name).read_bytes()[:8] == PNG_HEADER
+
+
+def test_reproducible_private_randomness_hides_the_seed_in_the_released_config():
+  config = audit_experiment.make_config("tiny", seed=7, reproducible_private_randomness=True)
+  assert config.randomness().secret_seed == 7
+  public = config.public_dict()
+  assert public["seed"] != 7 and public["reproducible_private_randomness"] is True
+  assert audit_experiment.make_config("tiny", seed=7).randomness().secure
 
 
 def test_bad_config_values_name_the_flag():

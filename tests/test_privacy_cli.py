@@ -8,6 +8,7 @@ import pytest
 
 from dpjax import accounting
 from dpjax import privacy
+from dpjax import sampling
 
 
 def run_cli(*flags):
@@ -26,6 +27,16 @@ def test_json_output_matches_the_accountant():
   assert result["steps"] == 14063
   assert result["epsilon"] == pytest.approx(accounting.compute_epsilon([phase], 1e-5))
   assert result["epsilon"] == pytest.approx(2.60, abs=0.01)
+
+
+def test_epochs_become_steps_by_the_one_rule_of_the_training_loops():
+  """ceil(epochs * N / B): 5 epochs of 1000 examples at batch 180 are 27.8 passes' worth -> 28."""
+  proc = run_cli("--dataset_size=1000", "--batch_size=180", "--noise_multiplier=1.0",
+                 "--epochs=5", "--json")
+  assert proc.returncode == 0, proc.stderr
+  steps = json.loads(proc.stdout)["steps"]
+  assert steps == sampling.steps_for_epochs(5, 1000, 180) == 28
+  assert steps == sampling.BatchSampler(1000, 180).steps_for_epochs(5)
 
 
 def test_target_epsilon_prints_a_calibrated_noise_multiplier():

@@ -1,4 +1,5 @@
-"""Crash safety through the real command line: SIGKILL mid-run, resume, privacy changes, budgets."""
+"""Crash safety through the real command line: SIGKILL mid-run, resume, privacy changes, budgets;
+and what train_small releases (the adversary's view of its workdir)."""
 
 import json
 import os
@@ -15,6 +16,10 @@ from dpjax import accounting
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS, EVERY = 60, 10
+# Bit-for-bit equality after a resume needs the opt-in: secure runs are not reproducible by design.
+REPRODUCIBLE = "--reproducible_private_randomness"
+UNNOISED_STATISTICS = ("loss", "train_accuracy", "accuracy", "mean_grad_norm", "clipped_fraction",
+                       "batch_size", "num_nonfinite")
 
 
 @pytest.fixture(scope="module")
@@ -42,26 +47,27 @@ def results(workdir):
 
 
 def checkpointed_step(workdir) -> int:
-  """The last step logged to metrics.jsonl (a checkpoint is written right after each 10th)."""
-  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  """The last step logged to private/metrics.jsonl (a checkpoint is written right after each 10th)."""
+  lines = (pathlib.Path(workdir) / "private" / "metrics.jsonl").read_text().splitlines()
   return max((json.loads(line)["step"] for line in lines if line.strip()), default=0)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(env, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  run(env, workdir)
+  run(env, workdir, REPRODUCIBLE)
   return workdir
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(env, uninterrupted, tmp_path):
-  workdir = tmp_path / "killed"
-  proc = subprocess.Popen(command(workdir, "--sleep_per_step=0.1"), cwd=REPO, env=env,
+def kill_after_two_checkpoints(env, workdir, *flags) -> int:
+  """Starts a slowed run, SIGKILLs it once a checkpoint past step 2 * EVERY exists; returns the
+  last logged step."""
+  proc = subprocess.Popen(command(workdir, "--sleep_per_step=0.1", *flags), cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt = workdir / "checkpoint.msgpack"
+  ckpt = workdir / "private" / "checkpoint.msgpack"
   deadline = time.time() + 90
   try:
-    while not (ckpt.exists() and (workdir / "metrics.jsonl").exists()
+    while not (ckpt.exists() and (workdir / "private" / "metrics.jsonl").exists()
                and checkpointed_step(workdir) >= 2 * EVERY):
       assert proc.poll() is None, "the run ended before it could be killed"
       assert time.time() < deadline, "no checkpoint within 90 s"
@@ -73,8 +79,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(env, uninterrupted, tm
   assert not (workdir / "results.json").exists()
   killed_at = checkpointed_step(workdir)
   assert EVERY <= killed_at < STEPS
+  return killed_at
 
-  resumed = run(env, workdir)
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(env, uninterrupted, tmp_path):
+  workdir = tmp_path / "killed"
+  kill_after_two_checkpoints(env, workdir, REPRODUCIBLE)
+  resumed = run(env, workdir, REPRODUCIBLE)
   assert "resumed from" in resumed.stderr
   a, b = results(uninterrupted), results(workdir)
   assert b["steps"] == a["steps"] == STEPS
@@ -86,17 +97,41 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(env, uninterrupted, tm
       np.testing.assert_array_equal(pa[key], pb[key])
 
 
+def test_secure_sigkill_then_resume_keeps_the_ledger_of_an_uninterrupted_run(env, uninterrupted,
+                                                                            tmp_path):
+  """Secure batches and noise are fresh after a resume (so the parameters differ from any other
+  run's), but every step is counted once: the same ledger and epsilon as without the kill."""
+  workdir = tmp_path / "killed_secure"
+  kill_after_two_checkpoints(env, workdir)
+  resumed = run(env, workdir)
+  assert "resumed from" in resumed.stderr
+  a, b = results(uninterrupted), results(workdir)
+  assert b["steps"] == a["steps"] == STEPS
+  assert b["ledger"] == a["ledger"] and b["epsilon"] == a["epsilon"]
+  assert b["params_sha256"] != a["params_sha256"]
+
+
+def test_resuming_with_another_source_of_randomness_is_refused(env, uninterrupted, tmp_path):
+  workdir = tmp_path / "switched"
+  (workdir / "private").mkdir(parents=True)
+  (workdir / "private" / "checkpoint.msgpack").write_bytes(
+      (uninterrupted / "private" / "checkpoint.msgpack").read_bytes())
+  proc = run(env, workdir, f"--num_steps={STEPS + 10}", check=False)  # without the opt-in
+  assert proc.returncode != 0 and "--reproducible_private_randomness" in proc.stderr
+
+
 def test_changed_privacy_is_refused_then_composed_when_allowed(env, uninterrupted, tmp_path):
   workdir = tmp_path / "changed"
   # Copy the finished run's checkpoint, then ask for 20 more steps with twice the noise.
-  workdir.mkdir()
-  (workdir / "checkpoint.msgpack").write_bytes((uninterrupted / "checkpoint.msgpack").read_bytes())
+  (workdir / "private").mkdir(parents=True)
+  (workdir / "private" / "checkpoint.msgpack").write_bytes(
+      (uninterrupted / "private" / "checkpoint.msgpack").read_bytes())
   more = f"--num_steps={STEPS + 20}"
-  refused = run(env, workdir, more, "--noise_multiplier=2.0", check=False)
+  refused = run(env, workdir, more, "--noise_multiplier=2.0", REPRODUCIBLE, check=False)
   assert refused.returncode != 0
   assert "--allow_privacy_change" in refused.stderr and "noise_multiplier=2.0" in refused.stderr
 
-  run(env, workdir, more, "--noise_multiplier=2.0", "--allow_privacy_change")
+  run(env, workdir, more, "--noise_multiplier=2.0", "--allow_privacy_change", REPRODUCIBLE)
   ledger = results(workdir)["ledger"]["phases"]
   assert [(p["noise_multiplier"], p["steps"]) for p in ledger] == [(1.0, STEPS), (2.0, 20)]
   phases = [accounting.PrivacyPhase(1.0, 1797, 64, steps=STEPS),
@@ -119,3 +154,51 @@ def test_max_epsilon_stops_before_the_budget_is_exceeded(uninterrupted, tmp_path
       [accounting.PrivacyPhase(1.0, 1797, 64, steps=out["steps"] + 1)], 1e-5)
   # Logged steps count from 1: after `steps` steps, step `steps + 1` is the one refused.
   assert f"stopping before step {out['steps'] + 1}:" in caplog.text and "--max_epsilon=2" in caplog.text
+
+
+# ----------------------------------------------------------------------------- released vs private
+
+
+def test_same_seed_gives_different_parameters_by_default(tmp_path):
+  """The adversary knows --seed: by default it recreates neither the batches nor the noise.
+  (With the opt-in, equal parameters for equal seeds: the kill-and-resume test above.)"""
+  from experiments import train_small  # pylint: disable=import-outside-toplevel
+  config = train_small.Config(num_steps=3, checkpoint_every=3)
+  a = train_small.train_and_evaluate(config, str(tmp_path / "a"))
+  b = train_small.train_and_evaluate(config, str(tmp_path / "b"))
+  assert a["params_sha256"] != b["params_sha256"]
+  assert a["epsilon"] == b["epsilon"] and a["ledger"] == b["ledger"]
+  assert json.loads((tmp_path / "a" / "config.json").read_text())["seed"] == 0  # public here
+  assert not (tmp_path / "a" / "private" / "secret_seed.json").exists()
+
+
+def test_results_hold_no_unnoised_training_statistic(uninterrupted):
+  # (The ledger's and config's "batch_size" is the configured expected size: public.)
+  released = [results(uninterrupted)] + [
+      json.loads(line) for line in (uninterrupted / "progress.jsonl").read_text().splitlines()]
+  assert len(released) > STEPS // EVERY
+  for entry in released:
+    assert not set(entry) & set(UNNOISED_STATISTICS), entry
+  private = uninterrupted / "private"
+  diagnostics = json.loads((private / "diagnostics.json").read_text())
+  assert 0 <= diagnostics["train_accuracy"] <= 1
+  logged = [json.loads(line) for line in (private / "metrics.jsonl").read_text().splitlines()]
+  assert {"loss", "clipped_fraction", "mean_grad_norm", "batch_size"} <= set(logged[-1])
+  assert (private / "checkpoint.msgpack").exists() and not (uninterrupted / "checkpoint.msgpack").exists()
+
+
+def test_the_secret_seed_is_kept_out_of_released_files(uninterrupted):
+  """With --reproducible_private_randomness the seed keys the noise: only private/ holds it."""
+  config = json.loads((uninterrupted / "config.json").read_text())
+  assert config["reproducible_private_randomness"] is True and config["seed"] != 0
+  assert json.loads((uninterrupted / "private" / "secret_seed.json").read_text())["secret_seed"] == 0
+
+
+def test_privacy_report_names_the_released_files(uninterrupted):
+  report = json.loads((uninterrupted / "privacy_report.json").read_text())
+  assert set(report["files"]) == {"params.npz", "results.json", "progress.jsonl", "config.json"}
+  assert all((uninterrupted / name).exists() for name in report["files"])
+  assert report["epsilon"] == pytest.approx(results(uninterrupted)["epsilon"])
+  assert report["steps"] == STEPS and report["secure_randomness"] is False
+  assert "secret seed" in report["condition"]
+  assert (uninterrupted / "privacy_report.md").read_text().startswith("# Privacy report")
