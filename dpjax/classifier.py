@@ -1,10 +1,20 @@
 """DP image classifiers: one config, one function that trains and evaluates, resumable.
 
 `train_classifier(ClassifierConfig(...))` loads an image dataset by name, optionally perturbs the
-training images with local-DP Laplace noise, builds a model from the registry, and trains it with
-DP-SGD (`dpjax.train.train`: Poisson batches, clipping, noise, privacy ledger, checkpoints) or
-without privacy. Train and test accuracy and loss are measured once per epoch by a jitted batched
-evaluator and logged with epsilon spent so far, examples/s and the clipped fraction.
+training records with local DP (Laplace noise on every pixel, randomised response on the label),
+builds a model from the registry, and trains it with DP-SGD on `dpjax.engine` (secret Poisson
+batches, clipping, noise, privacy ledger, checkpoints) or without privacy.
+
+What is released and what stays private: test accuracy and loss (held-out data), epsilon, steps
+and throughput are public (`ClassifierResult.to_dict`, `.history`). Everything measured on the
+training data (training accuracy and loss, the batch loss, gradient norms, clipped fraction,
+realised batch sizes) is a private diagnostic: `ClassifierResult.private`, written to
+`<workdir>/private/diagnostics.json` beside the checkpoint, never to a released file.
+
+Randomness: `config.seed` steers only public choices (initialisation, the data subset and split).
+Batch selection, DP-SGD noise and local-DP noise come from `dpjax.randomness` (the OS CSPRNG by
+default); `reproducible_private_randomness=True` derives them from the seed instead, which then
+becomes a secret.
 
 The per-example loss is softmax cross-entropy of `model.apply(params, x[None])[0]`, the
 convention of `dpjax.clipping` (one example, no batch axis).
@@ -14,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
 import time
 from typing import Any, Mapping
 
@@ -28,7 +40,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from dpjax import accounting
 from dpjax import clipping
+from dpjax import engine
 from dpjax import ldp
+from dpjax import randomness as randomness_lib
+from dpjax import report
 from dpjax import sampling
 from dpjax import train
 from dpjax.data import images as images_lib
@@ -53,7 +68,13 @@ class ClassifierConfig:
   by the RDP accountant), "laplace" clips in L1 (pure DP per step; PLD accountant for epsilon at
   delta, and the pure epsilon is reported too). `max_epsilon` keeps the noise and stops training
   before a step would spend more. `ldp_scale > 0` adds Laplace noise of that scale
-  to every training pixel once, before training (local DP; test images stay clean).
+  to every training pixel once, before training (local DP; test images stay clean);
+  `ldp_label_epsilon` then also applies k-ary randomised response to the training labels (None:
+  labels in clear, which the privacy report lists as not covered).
+
+  `seed` steers the public choices only (initialisation, data subset and split). With
+  `reproducible_private_randomness` it also derives the batches and all noise, and is then a
+  secret (kept out of released files).
   """
   model: str = "cnn"
   dataset: str = "digits"
@@ -79,11 +100,13 @@ class ClassifierConfig:
   sampling: str = "poisson"
   ldp_scale: float = 0.0
   ldp_clip: bool = False  # clip perturbed pixels back to [0, 1] (post-processing)
+  ldp_label_epsilon: float | None = None  # randomised response on labels; None: labels in clear
   private: bool = True
   seed: int = 0
+  reproducible_private_randomness: bool = False  # opt-in: private draws from `seed` (then secret)
   eval_every: int = 0  # steps between evaluations; 0: once per epoch
   eval_batch_size: int = 512
-  train_eval_size: int | None = 10_000  # train accuracy on at most this many training examples
+  train_eval_size: int | None = 10_000  # private train accuracy on at most this many examples
   log_every: int = 50
   checkpoint_every: int = 0  # 0: once per epoch
   max_per_class: int | None = None
@@ -115,6 +138,13 @@ class ClassifierConfig:
       raise ValueError("a private run needs noise_multiplier or target_epsilon.")
     if self.ldp_scale < 0:
       raise ValueError(f"ldp_scale={self.ldp_scale} must be >= 0 (0: no local DP).")
+    if self.ldp_label_epsilon is not None:
+      if not self.ldp_scale > 0:
+        raise ValueError(f"ldp_label_epsilon={self.ldp_label_epsilon} needs local DP on the "
+                         "images too: set ldp_scale > 0 (or drop ldp_label_epsilon).")
+      if not 0 <= self.ldp_label_epsilon < math.inf:
+        raise ValueError(f"ldp_label_epsilon={self.ldp_label_epsilon} must be finite and >= 0 "
+                         "(None: labels in clear, reported as not covered).")
     if self.decay_steps < 0 or not 0 < self.decay_rate <= 1:
       raise ValueError(f"decay_steps={self.decay_steps} must be >= 0 and decay_rate="
                        f"{self.decay_rate} in (0, 1].")
@@ -131,10 +161,19 @@ class ClassifierConfig:
     return "pld" if self.mechanism == "laplace" else "rdp"
 
   def to_dict(self) -> dict:
+    """Every field, the seed included: keep it private when it keys private randomness."""
     out = dataclasses.asdict(self)
     out["model_kwargs"] = dict(self.model_kwargs)
     out["keep_init"] = list(self.keep_init)
     return out
+
+  def randomness(self) -> randomness_lib.PrivateRandomness:
+    """The source of the run's secret randomness (OS CSPRNG unless opted into the seed)."""
+    return randomness_lib.from_flag(self.reproducible_private_randomness, self.seed)
+
+  def public_dict(self) -> dict:
+    """`to_dict()` fit for a released file: the seed hidden when it keys private randomness."""
+    return randomness_lib.redact(self.to_dict(), self.randomness())
 
 
 def _check_choice(name: str, value, valid) -> None:
@@ -144,14 +183,17 @@ def _check_choice(name: str, value, valid) -> None:
 
 @dataclasses.dataclass
 class ClassifierResult:
-  """A trained classifier, how well it does, and what its training cost in privacy."""
+  """A trained classifier, how well it does on held-out data, and what its training cost.
+
+  Everything but `private` may be released. `private` holds what was measured on the training
+  data (training accuracy and loss, the batch statistics of every logged step): diagnostics for
+  the person running the study, written under `<workdir>/private/` and never to a table.
+  """
   params: PyTree
   model: nn.Module
   config: ClassifierConfig
-  history: list[dict]  # logged entries (every eval has train_/test_ accuracy and loss)
-  train_accuracy: float
+  history: list[dict]  # public: step, epoch, epsilon, examples/s, test accuracy and loss
   test_accuracy: float
-  train_loss: float
   test_loss: float
   epsilon: float  # (epsilon, delta)-DP of DP-SGD; inf without noise
   delta: float
@@ -161,18 +203,20 @@ class ClassifierResult:
   epochs: float
   examples_per_sec: float
   pure_epsilon: float | None = None  # delta = 0 bound of Laplace DP-SGD
-  ldp: ldp.LdpEpsilon | None = None  # local DP of the training images (None: no LDP)
+  ldp: ldp.LdpEpsilon | None = None  # local DP of the training records (None: no LDP)
   dataset: images_lib.ImageDataset | None = None  # as trained on (LDP-perturbed if ldp)
   num_params: int = 0
   stopped_by_budget: bool = False
   train_seconds: float = 0.0
+  ledger: accounting.PrivacyLedger | None = None
+  clip_norm: float | None = None
+  private: dict = dataclasses.field(default_factory=dict)  # PRIVATE: training-data diagnostics
 
   def to_dict(self) -> dict:
-    """The JSON-able summary (no parameters, no data)."""
+    """The JSON-able public summary (no parameters, no data, nothing measured on training data)."""
     out = {
         "model": self.config.model, "dataset": self.config.dataset,
-        "train_accuracy": self.train_accuracy, "test_accuracy": self.test_accuracy,
-        "train_loss": self.train_loss, "test_loss": self.test_loss,
+        "test_accuracy": self.test_accuracy, "test_loss": self.test_loss,
         "epsilon": self.epsilon, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
         "mechanism": self.config.mechanism if self.config.is_private else "none",
         "pure_epsilon": self.pure_epsilon, "steps": self.steps,
@@ -182,8 +226,57 @@ class ClassifierResult:
         "ldp_scale": self.config.ldp_scale,
         "ldp_epsilon_per_pixel": self.ldp.per_pixel if self.ldp else None,
         "ldp_epsilon_per_image": self.ldp.per_image if self.ldp else None,
+        "ldp_epsilon_per_label": self.ldp.per_label if self.ldp else None,
+        "ldp_labels": None if not self.ldp else (
+            "randomised response" if self.ldp.labels_covered else "in clear (not covered)"),
     }
     return {k: _json_number(v) for k, v in out.items()}
+
+  def release(self, name: str, files: list[str]) -> dict:
+    """The privacy-report entry of outputs of this run (`files`): DP-SGD, local DP or none."""
+    return privacy_release(name, files, self.config, self.ledger, self.ldp, self.clip_norm)
+
+  def not_covered(self) -> list[str]:
+    """What of this run the guarantee does not cover (for the privacy report)."""
+    items = list(self.ldp.not_covered) if self.ldp else []
+    if self.config.init_weights:
+      items.append(f"the initial weights ({self.config.init_weights}) are assumed public: "
+                   "not trained on the private data")
+    return items
+
+
+def privacy_release(name: str, files: list[str], config: ClassifierConfig,
+                    ledger: accounting.PrivacyLedger | None, ldp_epsilon: ldp.LdpEpsilon | None,
+                    clip_norm: float | None = None) -> dict:
+  """The report entry of a classifier run.
+
+  DP-SGD runs are covered by their ledger. A non-private run on local-DP data is covered by the
+  local-DP guarantee of its training records (the model is post-processing of them): per image,
+  plus the label's epsilon when labels went through randomised response. A non-private run on
+  clean data releases with epsilon inf.
+  """
+  local = None
+  if ldp_epsilon is not None:
+    local = {"epsilon_per_pixel": ldp_epsilon.per_pixel, "epsilon_per_image": ldp_epsilon.per_image,
+             "epsilon_per_label": ldp_epsilon.per_label, "laplace_scale": config.ldp_scale,
+             "labels": ("randomised response" if ldp_epsilon.labels_covered
+                        else "in clear: NOT covered (per-record epsilon inf)")}
+  if ledger is not None and (config.is_private or ldp_epsilon is None):
+    entry = report.release_from_ledger(name, files, ledger, config.delta,
+                                       config.resolved_accountant, clip_norm=clip_norm)
+    if local:
+      entry["local_dp"] = local
+    return entry
+  if ldp_epsilon is None:  # resumed from a file without a ledger: nothing to account
+    return report.release(name, files, epsilon=math.inf, delta=config.delta,
+                          mechanism="none (non-private)")
+  covered = ldp_epsilon.labels_covered
+  return report.release(
+      name, files, epsilon=ldp_epsilon.per_record if covered else ldp_epsilon.per_image,
+      delta=0.0, unit="training record (image, label)" if covered else "training image (pixels)",
+      mechanism="local DP Laplace per pixel" + (
+          " + randomised response on the label" if covered else " (labels in clear)"),
+      **local)
 
 
 def _json_number(value):
@@ -293,30 +386,54 @@ def load_dataset(config: ClassifierConfig) -> images_lib.ImageDataset:
                                        max_per_class=config.max_per_class, seed=config.seed)
 
 
-def _keys(seed: int):
-  """Independent keys for initialisation, DP-SGD noise and local-DP noise.
+def _init_key(seed: int) -> jax.Array:
+  """The initialisation key: a public choice, so it may come from the public seed."""
+  return jax.random.PRNGKey(seed)
 
-  Raw uint32 keys (`PRNGKey`), since the checkpoint stores the noise key as a plain array.
+
+LDP_CACHE = "ldp_train.npz"
+
+
+def _perturb(config: ClassifierConfig, dataset: images_lib.ImageDataset,
+             randomness: randomness_lib.PrivateRandomness, stream: str):
+  return ldp.perturb_dataset(randomness.key("ldp", stream), dataset, config.ldp_scale,
+                             label_epsilon=config.ldp_label_epsilon, clip=config.ldp_clip)
+
+
+def apply_local_dp(config: ClassifierConfig, dataset: images_lib.ImageDataset, *,
+                   randomness: randomness_lib.PrivateRandomness | None = None,
+                   stream: str = "model", workdir: str | None = None):
+  """The dataset with its training records perturbed by local DP, and the LDP epsilon (or None).
+
+  The noise is secret (`randomness.key("ldp", stream)`). With `workdir` the perturbed training
+  set is kept in `<workdir>/private/` and reused on resume: perturbing the same records twice
+  with fresh noise would release two independent copies and double their epsilon.
   """
-  init_key, noise_key, ldp_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return init_key, noise_key, ldp_key
-
-
-def apply_local_dp(config: ClassifierConfig, dataset: images_lib.ImageDataset):
-  """The dataset with Laplace noise on its training images, and the LDP epsilon (or None)."""
   if not config.ldp_scale:
     return dataset, None
-  _, _, ldp_key = _keys(config.seed)
-  perturbed = ldp.perturb_dataset(ldp_key, dataset, config.ldp_scale, clip=config.ldp_clip)
-  epsilon = ldp.ldp_epsilon(config.ldp_scale, num_pixels=int(np.prod(dataset.image_shape)))
-  logging.info("local DP on the training images: %s", epsilon.describe())
+  randomness = randomness or config.randomness()
+  epsilon = ldp.ldp_epsilon(config.ldp_scale, num_pixels=int(np.prod(dataset.image_shape)),
+                            label_epsilon=config.ldp_label_epsilon,
+                            num_classes=dataset.num_classes)
+  cache = os.path.join(report.private_dir(workdir), LDP_CACHE) if workdir else None
+  if cache and os.path.exists(cache):
+    with np.load(cache) as saved:
+      perturbed = dataclasses.replace(dataset, train_images=saved["train_images"],
+                                      train_labels=saved["train_labels"],
+                                      name=str(saved["name"]))
+    if perturbed.train_images.shape != dataset.train_images.shape:
+      raise ValueError(f"{cache} holds {perturbed.train_images.shape} training images, the data "
+                       f"has {dataset.train_images.shape}: the data changed; use a new workdir.")
+    logging.info("local DP: reusing the perturbed training set of %s", cache)
+  else:
+    perturbed = _perturb(config, dataset, randomness, stream)
+    if cache:
+      tmp = cache + ".tmp.npz"
+      np.savez(tmp, train_images=perturbed.train_images, train_labels=perturbed.train_labels,
+               name=perturbed.name)
+      os.replace(tmp, cache)
+  logging.info("local DP on the training records: %s", epsilon.describe())
   return perturbed, epsilon
-
-
-def _num_steps(config: ClassifierConfig, steps_per_epoch: int) -> int:
-  if config.steps is not None:
-    return config.steps
-  return max(1, round(config.epochs * steps_per_epoch))
 
 
 def resolve_noise_multiplier(config: ClassifierConfig, sampler: sampling.BatchSampler,
@@ -333,111 +450,176 @@ def resolve_noise_multiplier(config: ClassifierConfig, sampler: sampling.BatchSa
 
 
 def _clipping_config(config: ClassifierConfig) -> clipping.ClippingConfig:
-  options = dict(clip_norm=config.clip_norm, norm="l1" if config.mechanism == "laplace" else "l2",
-                 microbatch_size=config.microbatch_size)
-  if config.per_example != "vmap":
-    if "method" not in {f.name for f in dataclasses.fields(clipping.ClippingConfig)}:
-      raise ValueError(f"per_example={config.per_example!r} needs dpjax.clipping with ghost "
-                       "clipping (ClippingConfig.method); use per_example='vmap'.")
-    options["method"] = config.per_example
-  return clipping.ClippingConfig(**options)
+  return clipping.ClippingConfig(
+      clip_norm=config.clip_norm, norm="l1" if config.mechanism == "laplace" else "l2",
+      microbatch_size=config.microbatch_size, method=config.per_example)
 
 
 def initial_params(config: ClassifierConfig, model: nn.Module, image_shape) -> PyTree:
-  init_key, _, _ = _keys(config.seed)
-  params = registry.init_params(model, init_key, image_shape)
+  params = registry.init_params(model, _init_key(config.seed), image_shape)
   if config.init_weights:
     params = registry.load_params(config.init_weights, params, keep_from_like=config.keep_init)
     logging.info("initialised from %s (kept fresh: %s)", config.init_weights, config.keep_init)
   return params
 
 
-def _eval_fn(config, model, dataset):
-  """Train (a fixed subset, as trained on) and test accuracy and loss, as logged entries."""
-  train_images, train_labels = dataset.train_images, dataset.train_labels
-  if config.train_eval_size and len(train_labels) > config.train_eval_size:
-    subset = np.random.default_rng(config.seed).choice(len(train_labels), config.train_eval_size,
-                                                       replace=False)
-    train_images, train_labels = train_images[np.sort(subset)], train_labels[np.sort(subset)]
+def make_sampler(config: ClassifierConfig, train_size: int) -> sampling.BatchSampler:
+  """The run's batch sampler (no seed: the engine draws the batches from secret randomness)."""
+  return sampling.BatchSampler(train_size, min(config.batch_size, train_size), config.sampling,
+                               multiple_of=jax.local_device_count() if config.data_parallel else 1)
 
+
+def num_steps(config: ClassifierConfig, sampler: sampling.BatchSampler) -> int:
+  """`steps`, else `epochs` passes by the one rule of `sampling.steps_for_epochs`."""
+  return config.steps if config.steps is not None else sampler.steps_for_epochs(config.epochs)
+
+
+def _test_eval_fn(config, model, dataset):
+  """Test accuracy and loss: held-out data only, so what it returns may be released."""
   def eval_fn(params) -> dict:
     start = time.perf_counter()
-    train_metrics = evaluate(model, params, train_images, train_labels, config.eval_batch_size)
-    test_metrics = evaluate(model, params, dataset.test_images, dataset.test_labels,
-                            config.eval_batch_size)
-    return {"train_accuracy": train_metrics["accuracy"], "train_loss": train_metrics["loss"],
-            "test_accuracy": test_metrics["accuracy"], "test_loss": test_metrics["loss"],
+    metrics = evaluate(model, params, dataset.test_images, dataset.test_labels,
+                       config.eval_batch_size)
+    return {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
             "eval_seconds": time.perf_counter() - start}
   return eval_fn
 
 
+def _train_eval_fn(config, model, dataset):
+  """Accuracy and loss on (a fixed subset of) the training set as trained on: PRIVATE."""
+  images, labels = dataset.train_images, dataset.train_labels
+  if config.train_eval_size and len(labels) > config.train_eval_size:
+    subset = np.sort(np.random.default_rng(config.seed).choice(len(labels), config.train_eval_size,
+                                                               replace=False))
+    images, labels = images[subset], labels[subset]
+
+  def eval_fn(params) -> dict:
+    metrics = evaluate(model, params, images, labels, config.eval_batch_size)
+    return {"train_accuracy": metrics["accuracy"], "train_loss": metrics["loss"]}
+  return eval_fn
+
+
+def _with_private_side(public_fn, private_fn, private_log: list):
+  """The engine's eval_fn: returns the public metrics, records the private ones beside them.
+
+  The engine releases whatever its eval_fn returns, so the training-set metrics go to
+  `private_log` (in call order, one per evaluation) instead.
+  """
+  def eval_fn(params) -> dict:
+    private_log.append(private_fn(params))
+    return public_fn(params)
+  return eval_fn
+
+
+DIAGNOSTICS = "diagnostics.json"
+SECRET_SEED = "secret_seed.json"
+
+
+def save_secret_seed(workdir: str, randomness: randomness_lib.PrivateRandomness) -> str | None:
+  """With reproducible private randomness, the secret seed goes to `<workdir>/private/` only."""
+  if randomness.secure:
+    return None
+  path = os.path.join(report.private_dir(workdir), SECRET_SEED)
+  with open(path, "w") as f:
+    json.dump({"secret_seed": randomness.secret_seed,
+               "why": "derives the batches and all noise of this run: whoever holds it can "
+                      "subtract the noise; never release it"}, f, indent=1)
+  return path
+
+
+def write_private(workdir: str, result: ClassifierResult) -> str:
+  """`<workdir>/private/diagnostics.json`: the run's training-data diagnostics."""
+  path = os.path.join(report.private_dir(workdir), DIAGNOSTICS)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(result.private, f, indent=1, default=_json_number)
+  os.replace(tmp, path)
+  return path
+
+
 def train_classifier(config: ClassifierConfig, workdir: str | None = None,
-                     dataset: images_lib.ImageDataset | None = None) -> ClassifierResult:
+                     dataset: images_lib.ImageDataset | None = None, *,
+                     randomness: randomness_lib.PrivateRandomness | None = None,
+                     stream: str = "model") -> ClassifierResult:
   """Trains and evaluates the configured classifier; resumes from `workdir`'s checkpoint.
 
-  `dataset` (already loaded) skips loading `config.dataset`. With `workdir`, metrics go to
-  `workdir/metrics.jsonl` and the checkpoint holds parameters, optimizer, PRNG and the privacy
-  ledger, so a run killed at any point continues with its epsilon intact. Same config and seed
-  give the same result.
+  `dataset` (already loaded) skips loading `config.dataset`. `randomness` (default:
+  `config.randomness()`) is the source of the batches, the DP-SGD noise and the local-DP noise,
+  drawn under the name `stream`: give each run of a sweep its own. With `workdir`, the public
+  progress goes to `workdir/progress.jsonl`; the checkpoint (parameters, optimizer, secret noise
+  key, privacy ledger), the batch metrics and the training-data diagnostics go to
+  `workdir/private/`, so a run killed at any point continues with its epsilon intact.
   """
+  randomness = randomness or config.randomness()
   if dataset is None:
     dataset = load_dataset(config)
   logging.info("data: %s", dataset.summary())
-  dataset, ldp_epsilon = apply_local_dp(config, dataset)
+  if workdir:
+    save_secret_seed(workdir, randomness)
+  dataset, ldp_epsilon = apply_local_dp(config, dataset, randomness=randomness, stream=stream,
+                                        workdir=workdir)
 
   model = registry.build_model(config.model, dataset.num_classes, **dict(config.model_kwargs))
   params = initial_params(config, model, dataset.image_shape)
   num_params = registry.count_params(params)
 
-  train_size = len(dataset.train_labels)
-  sampler = sampling.BatchSampler(train_size, min(config.batch_size, train_size), config.sampling,
-                                  seed=config.seed,
-                                  multiple_of=jax.local_device_count() if config.data_parallel else 1)
+  sampler = make_sampler(config, len(dataset.train_labels))
   steps_per_epoch = sampler.steps_per_epoch
-  num_steps = _num_steps(config, steps_per_epoch)
+  total_steps = num_steps(config, sampler)
 
   dp = None
   noise_multiplier = 0.0
   if config.is_private:
-    noise_multiplier = resolve_noise_multiplier(config, sampler, num_steps)
+    noise_multiplier = resolve_noise_multiplier(config, sampler, total_steps)
     dp = train.DPConfig(clipping=_clipping_config(config), noise_multiplier=noise_multiplier,
                         expected_batch_size=sampler.expected_batch_size)
   logging.info("%s: %d parameters; %d steps (%d per epoch), batch %d, %s", config.model,
-               num_params, num_steps, steps_per_epoch, config.batch_size,
+               num_params, total_steps, steps_per_epoch, config.batch_size,
                f"DP-SGD {config.mechanism} clip {config.clip_norm} noise {noise_multiplier:.4g}"
                if dp else "non-private")
 
-  loop = train.LoopConfig(
-      num_steps=num_steps, delta=config.delta, accountant=config.resolved_accountant,
+  loop = engine.LoopConfig(
+      num_steps=total_steps, delta=config.delta, accountant=config.resolved_accountant,
       max_epsilon=config.max_epsilon, workdir=workdir,
       checkpoint_every=config.checkpoint_every or steps_per_epoch,
       eval_every=config.eval_every or steps_per_epoch, log_every=config.log_every,
       data_parallel=config.data_parallel)
-  _, noise_key, _ = _keys(config.seed)
   data = {"image": dataset.train_images, "label": dataset.train_labels}
   run_config = {**config.to_dict(), "resolved_noise_multiplier": noise_multiplier}
+  test_eval = _test_eval_fn(config, model, dataset)
+  train_eval = _train_eval_fn(config, model, dataset)
+  train_log: list[dict] = []
   start = time.perf_counter()
-  result = train.train(example_loss(model), params, make_optimizer(config), data,
-                       sampler=sampler, dp=dp, loop=loop, noise_key=noise_key,
-                       eval_fn=_eval_fn(config, model, dataset), run_config=run_config)
+  result = engine.train(example_loss(model), params, make_optimizer(config), data,
+                        sampler=sampler, dp=dp, loop=loop, randomness=randomness, stream=stream,
+                        eval_fn=_with_private_side(test_eval, train_eval, train_log),
+                        run_config=run_config)
   seconds = time.perf_counter() - start
 
   history = [{**entry, "epoch": entry["step"] / steps_per_epoch} for entry in result.history]
-  final = [entry for entry in history if "test_accuracy" in entry]
-  if final and final[-1]["step"] == int(result.state.step):
-    last = final[-1]
+  evaluated = [entry for entry in history if "test_accuracy" in entry]
+  train_history = [{"step": e["step"], **m} for e, m in zip(evaluated, train_log)]
+  steps_done = int(result.state.step)
+  if evaluated and evaluated[-1]["step"] == steps_done:
+    last, last_train = evaluated[-1], train_history[-1]
   else:  # resumed a finished run, or stopped by a budget: evaluate now
-    last = {"step": int(result.state.step), **_eval_fn(config, model, dataset)(result.state.params)}
+    last = test_eval(result.state.params)
+    last_train = {"step": steps_done, **train_eval(result.state.params)}
   epsilon = result.ledger.epsilon(config.delta, config.resolved_accountant) if dp else math.inf
   pure = accounting.pure_epsilon(result.ledger.phases) if dp and config.mechanism == "laplace" else None
   rates = [entry["examples_per_sec"] for entry in history if "examples_per_sec" in entry]
-  steps_done = int(result.state.step)
-  return ClassifierResult(
+  private = {"train_accuracy": last_train["train_accuracy"], "train_loss": last_train["train_loss"],
+             "train_eval_history": train_history, "batch_history": result.private_history,
+             "randomness": randomness.describe()}
+  out = ClassifierResult(
       params=result.state.params, model=model, config=config, history=history,
-      train_accuracy=last["train_accuracy"], test_accuracy=last["test_accuracy"],
-      train_loss=last["train_loss"], test_loss=last["test_loss"], epsilon=epsilon,
+      test_accuracy=last["test_accuracy"], test_loss=last["test_loss"], epsilon=epsilon,
       delta=config.delta, noise_multiplier=noise_multiplier, steps=steps_done,
       steps_per_epoch=steps_per_epoch, epochs=steps_done / steps_per_epoch,
       examples_per_sec=float(np.median(rates)) if rates else 0.0, pure_epsilon=pure,
       ldp=ldp_epsilon, dataset=dataset, num_params=num_params,
-      stopped_by_budget=result.stopped_by_budget, train_seconds=seconds)
+      stopped_by_budget=result.stopped_by_budget, train_seconds=seconds, ledger=result.ledger,
+      clip_norm=result.clip_norm, private=private)
+  if workdir:
+    write_private(workdir, out)
+  return out

@@ -15,6 +15,13 @@ noise calibrated so the delta = 0 bound of `dpjax.accounting.pure_epsilon` is ep
   certified.md, certified_fraction.png   certified top-k fraction against radius
   cost.md                                seconds per certified image against T
   gradcam_grid.png, ldp_grid.png, accuracy.png, clip_sweep.png, results.json, config.json
+  privacy_report.json / .md              the release of every trained model, the files showing
+                                         it, and what the guarantees do not cover
+
+Every model draws its batches and DP noise (and local-DP noise) from its own secret stream (the
+OS CSPRNG; `--reproducible_private_randomness` derives them from `--seed`, then a secret). What
+is measured on training data stays in `models/<name>/private/`. The randomized-smoothing noise of
+the certificates is not a privacy mechanism (it perturbs test images): it stays seeded.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ import numpy as np
 
 from dpjax import classifier
 from dpjax import devices
+from dpjax import randomness as randomness_lib
+from dpjax import report
 from dpjax import sampling
 from dpjax.data import images as images_lib
 from dpjax.data import paths
@@ -80,7 +89,9 @@ class Config:
   confidence: float = 0.999
   cost_samples: tuple = (64, 256, 1024, 4096)
   data_dir: str | None = None
-  seed: int = 0
+  seed: int = 0  # public choices (initialisation, data subset) and the smoothing noise
+  reproducible_private_randomness: bool = False  # opt-in: batches and DP noise from `seed`
+  ldp_label_epsilon: float | None = None  # randomised response on LDP labels; None: in clear
   data_parallel: bool = False  # shard training batches over all local devices
 
   def __post_init__(self):
@@ -154,14 +165,15 @@ def classifier_config(config: Config, *, epsilon: float = INF, mechanism: str = 
                 learning_rate=config.learning_rate, clip_norm=clip_norm or config.clip_norm,
                 delta=config.delta, mechanism=mechanism, ldp_scale=ldp_scale, seed=config.seed,
                 max_per_class=config.max_per_class, log_every=1000,
-                data_parallel=config.data_parallel)
+                data_parallel=config.data_parallel,
+                reproducible_private_randomness=config.reproducible_private_randomness,
+                ldp_label_epsilon=config.ldp_label_epsilon if ldp_scale else None)
   if math.isinf(epsilon):
     return classifier.ClassifierConfig(private=False, noise_multiplier=None, **common)
   if mechanism == "laplace" and config.laplace_accounting == "pure":
-    # The same sampler and step count as classifier.train_classifier.
-    sampler = sampling.BatchSampler(train_size, min(config.batch_size, train_size), "poisson",
-                                    seed=config.seed)
-    steps = max(1, round(config.epochs * sampler.steps_per_epoch))
+    # The same expected batch and step count as classifier.train_classifier.
+    sampler = sampling.BatchSampler(train_size, min(config.batch_size, train_size), "poisson")
+    steps = sampler.steps_for_epochs(config.epochs)
     noise = laplace_pure_noise_multiplier(epsilon, steps, sampler.expected_batch_size / train_size)
     return classifier.ClassifierConfig(noise_multiplier=noise, **common)
   return classifier.ClassifierConfig(target_epsilon=epsilon, noise_multiplier=None, **common)
@@ -172,10 +184,12 @@ def _label(epsilon: float) -> str:
 
 
 def train_one(name: str, cfg: classifier.ClassifierConfig, dataset, workdir: str):
+  """Trains (or reloads) model `name` in `workdir/models/<name>` from its own secret stream."""
   model_dir = os.path.join(workdir, "models", name)
   os.makedirs(model_dir, exist_ok=True)
   start = time.perf_counter()
-  result = classifier.train_classifier(cfg, workdir=model_dir, dataset=dataset)
+  result = classifier.train_classifier(cfg, workdir=model_dir, dataset=dataset,
+                                       stream=f"model {name}")
   logging.info("%s: test accuracy %.3f, epsilon %.3g (pure %s), %.1fs", name,
                result.test_accuracy, result.epsilon, result.pure_epsilon,
                time.perf_counter() - start)
@@ -405,9 +419,63 @@ def _finite(value: float, cap: float) -> float:
 
 # ------------------------------------------------------------------------------ main
 
+RECIPE_NOT_COVERED = (
+    "hyperparameters (the DP recipe) chosen on test accuracy: the optimizer, learning rate, "
+    "batch size and epochs come from the classify trials scored on the test set, not from a DP "
+    "hyperparameter search")
+
+
+class _Shown:
+  """Which released files show each trained model: the privacy report's `files`."""
+
+  def __init__(self):
+    self.models: dict[str, classifier.ClassifierResult] = {}
+    self.files: dict[str, list[str]] = {}
+
+  def add(self, name: str, result: classifier.ClassifierResult) -> None:
+    self.models[name] = result
+    self.files.setdefault(name, ["results.json"])
+
+  def show(self, name: str, *files: str) -> None:
+    listed = self.files.setdefault(name, ["results.json"])
+    listed += [f for f in files if f not in listed]
+
+  def releases(self) -> list[dict]:
+    return [result.release(name, self.files[name]) for name, result in self.models.items()]
+
+  def not_covered(self) -> list[str]:
+    items = [RECIPE_NOT_COVERED]
+    if any(not r.config.is_private and r.ldp is None for r in self.models.values()):
+      items.append("the non-private model (epsilon inf): its maps, scores and accuracy are "
+                   "released with no guarantee")
+    for result in self.models.values():
+      items += [item for item in result.not_covered() if item not in items]
+    items += ["the test images: explanations, scores, certificates and accuracies are computed "
+              "on them exactly, and the PNG grids show them (the guarantee covers the training "
+              "examples only)",
+              "the size of the training set and its classes, treated as public"]
+    return items
+
+
+def write_privacy_report(config: Config, workdir: str, shown: _Shown) -> tuple[str, str]:
+  randomness = randomness_lib.from_flag(config.reproducible_private_randomness, config.seed)
+  notes = ["randomized smoothing (robustness.md, certified.md, cost.md) adds noise to test "
+           "images for certificates of the explanations; it is no privacy mechanism and is "
+           "seeded from --seed",
+           "Laplace models at laplace_accounting='pure' report min(pure epsilon, PLD epsilon at "
+           "delta); their pure (delta = 0) epsilon is in the tables"]
+  return report.write_privacy_report(workdir, shown.releases(), randomness,
+                                     not_covered=shown.not_covered(), notes=notes)
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
-  _write(workdir, "config.json", json.dumps(dataclasses.asdict(config), indent=2, default=str))
+  randomness = randomness_lib.from_flag(config.reproducible_private_randomness, config.seed)
+  _write(workdir, "config.json", json.dumps(randomness_lib.redact(dataclasses.asdict(config),
+                                                                  randomness),
+                                            indent=2, default=str))
+  classifier.save_secret_seed(workdir, randomness)
+  shown = _Shown()
   dataset = load_data(config)
   config = dataclasses.replace(config, dataset=dataset.name if config.dataset != "catsdogs"
                                else config.dataset)
@@ -420,7 +488,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
   def run(name, **kwargs):
     cfg = classifier_config(config, train_size=train_size, **kwargs)
-    return train_one(name, cfg, dataset, workdir)
+    result = train_one(name, cfg, dataset, workdir)
+    shown.add(name, result)
+    return result
 
   # Per-epsilon tables (study Tables 1-2, Fig. 3) and grid maps.
   trained, grid_maps = {}, {"Gaussian": {}, "Laplace": {}}
@@ -434,6 +504,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       rows[_label(epsilon)] = metrics_row(result, explained)
       grid_maps[mechanism.capitalize()][f"eps={_label(epsilon)}"] = (
           explain(config, result, grid_images)["gradcam_maps"])
+      shown.show(name, f"table_{mechanism}.md", "gradcam_grid.png", "accuracy.png")
     results["tables"][mechanism] = rows
     _write(workdir, f"table_{mechanism}.md", epsilon_table(rows))
   save_grid(os.path.join(workdir, "gradcam_grid.png"), grid_images, grid_maps)
@@ -454,6 +525,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       trained[name] = run(name, epsilon=config.clip_sweep_epsilon, clip_norm=clip)
     result = trained[name]
     sweep[f"{clip:g}"] = metrics_row(result, explain(config, result, explain_images))
+    shown.show(name, "clip_sweep.md", "clip_sweep.png")
   results["tables"]["clip_sweep"] = sweep
   _write(workdir, "clip_sweep.md", _markdown(
       ["clip norm S", "test accuracy %", "Grad-CAM masked score %", "Grad-CAM average drop %"],
@@ -470,19 +542,26 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   local, ldp_maps = {}, {}
   num_pixels = int(np.prod(dataset.image_shape))
   for epsilon in config.ldp_epsilons:
-    result = run(f"ldp_eps{_label(epsilon)}", ldp_scale=1.0 / epsilon)
+    name = f"ldp_eps{_label(epsilon)}"
+    result = run(name, ldp_scale=1.0 / epsilon)
     local[_label(epsilon)] = metrics_row(
         result, explain(config, result, explain_images),
-        {"per_image_epsilon": epsilon * num_pixels})
+        {"per_image_epsilon": epsilon * num_pixels, "per_label_epsilon": result.ldp.per_label})
     ldp_maps[f"pixel eps={_label(epsilon)}"] = explain(config, result, grid_images)["gradcam_maps"]
+    shown.show(name, "global_vs_local.md", "ldp_grid.png")
   ldp_maps["non-private"] = grid_maps["Gaussian"].get("eps=inf", explain(
       config, trained.get("nonprivate") or run("nonprivate"), grid_images)["gradcam_maps"])
+  shown.show("nonprivate", "ldp_grid.png")
+  for label in results["tables"]["gaussian"]:
+    shown.show("nonprivate" if label == "inf" else f"gaussian_eps{label}", "global_vs_local.md")
   save_grid(os.path.join(workdir, "ldp_grid.png"), grid_images, {"local DP": ldp_maps})
   results["tables"]["local_dp"] = local
   side = [["global (DP-SGD Gaussian)", f"{e} per image", r["test_accuracy"],
            r["gradcam_average_drop"], r["gradcam_increase_in_confidence"],
            r["gradcam_masked_score"]] for e, r in results["tables"]["gaussian"].items()]
-  side += [["local (Laplace pixels)", f"{e} per pixel ({r['per_image_epsilon']:g} per image)",
+  side += [["local (Laplace pixels" + (", labels in clear)" if r["per_label_epsilon"] is None
+                                      else f", labels RR eps {r['per_label_epsilon']:g})"),
+            f"{e} per pixel ({r['per_image_epsilon']:g} per image)",
             r["test_accuracy"], r["gradcam_average_drop"], r["gradcam_increase_in_confidence"],
             r["gradcam_masked_score"]] for e, r in local.items()]
   _write(workdir, "global_vs_local.md", _markdown(
@@ -497,6 +576,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     result = trained.get(name) or run(name, epsilon=epsilon)
     logging.info("robustness and certificates: %s", name)
     robust[name] = robustness(config, result, robust_images, jax.random.fold_in(key, 7))
+    shown.show(name, "robustness.md", "certified.md", "certified_fraction.png")
   results["robustness"] = robust
   table = []
   for name, r in robust.items():
@@ -522,7 +602,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                  "certified top-k fraction",
                  {f"{n} {b}": (list(config.certify_radii), r["certified_fraction"][b])
                   for n, r in robust.items() for b in ("rdp", "rdp_exact", "gaussian")})
-  cost_model = trained.get("nonprivate") or next(iter(trained.values()))
+  cost_name = "nonprivate" if "nonprivate" in trained else next(iter(trained))
+  cost_model = trained[cost_name]
+  shown.show(cost_name, "cost.md")
   cost = cost_vs_samples(config, cost_model, robust_images[0], jax.random.fold_in(key, 11))
   results["cost"] = cost
   _write(workdir, "cost.md", _markdown(
@@ -531,6 +613,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
        for c in cost]))
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2, default=_json_default)
+  results["privacy_report"] = write_privacy_report(config, workdir, shown)
   return results
 
 
@@ -553,6 +636,12 @@ def _define_flags():
   flags.DEFINE_integer("num_samples", None, "T, noisy copies per smoothed map.")
   flags.DEFINE_float("smoothing_sigma", None, "Gaussian smoothing sigma (input units).")
   flags.DEFINE_string("dataset", None, "Dataset name (see dpjax.data.images).")
+  flags.DEFINE_bool("reproducible_private_randomness", None,
+                    "Derive batches and DP noise from --seed (to rerun bit for bit); the seed "
+                    "then becomes a secret, kept in private/ and out of config.json.")
+  flags.DEFINE_float("ldp_label_epsilon", None,
+                     "Randomised response on the local-DP models' training labels (default: "
+                     "labels in clear, listed as not covered).")
   devices.define_flags()
 
 
@@ -566,7 +655,8 @@ def main(argv):
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   overrides = {name: getattr(values, name) for name in
-               ("seed", "epochs", "num_samples", "smoothing_sigma", "dataset", "data_parallel")
+               ("seed", "epochs", "num_samples", "smoothing_sigma", "dataset", "data_parallel",
+                "reproducible_private_randomness", "ldp_label_epsilon")
                if getattr(values, name) is not None}
   data_dir = values.data_dir or paths.default_data_dir()
   overrides["data_dir"] = str(data_dir) if data_dir else None  # None: the digits fallback

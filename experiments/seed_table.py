@@ -5,9 +5,13 @@ r"""Mean and spread over seeds of `classify` sweeps: one table from several work
   python -m experiments.seed_table --workdirs=runs/med_s0,runs/med_s1 --output=runs/med_seeds.md
 
 Each workdir's `results.json` lists its runs; runs with the same name are the same setting at
-different seeds. Per run: test (and train) accuracy as mean +- sample standard deviation, the
-per-seed values, and the largest epsilon spent across seeds (each seed calibrates its own noise,
-so epsilons differ slightly).
+different seeds. Per run: test accuracy as mean +- sample standard deviation, the per-seed
+values, and the largest epsilon spent across seeds (each seed calibrates its own noise, so
+epsilons differ slightly). Training accuracy is a private diagnostic (each run's `private/`
+folder), not in `results.json`, so not in this table.
+
+Each seed's runs trained on the same data: the epsilon of a line holds for one seed's model;
+publishing the models (or outcomes) of all seeds together composes their costs.
 """
 
 from __future__ import annotations
@@ -51,14 +55,15 @@ def _epsilon(rows: list[dict]) -> str:
 def seed_table(workdirs: list[str]) -> str:
   """A markdown table: one line per run name, accuracies over the workdirs' seeds."""
   runs = load_runs(workdirs)
-  lines = ["| run | seeds | test accuracy % (mean +- sd) | per seed | train accuracy % | epsilon (max) |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| run | seeds | test accuracy % (mean +- sd) | per seed | epsilon (max, one seed) |",
+           "|---|---|---|---|---|"]
   for name, rows in runs.items():
     test = [r["test_accuracy"] for r in rows]
-    train = [r["train_accuracy"] for r in rows]
     per_seed = ", ".join(f"{100 * v:.1f}" for v in test)
-    lines.append(f"| {name} | {len(rows)} | {_mean_sd(test)} | {per_seed} | {_mean_sd(train)} | "
-                 f"{_epsilon(rows)} |")
+    lines.append(f"| {name} | {len(rows)} | {_mean_sd(test)} | {per_seed} | {_epsilon(rows)} |")
+  lines += ["", "Each seed trained on the same data: the epsilon holds for one seed's model; the "
+            "seeds' models together compose their costs. Training accuracy is private (runs' "
+            "private/ folders)."]
   return "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,20 @@ SCRIPT = textwrap.dedent("""
                    for p in (tiny_params, replicated)]
     out["logits"] = [classifier.predict_logits(model, p, images, batch_size=5).tolist()
                      for p in (tiny_params, replicated)]
+    # The classifier on two devices: the same step as on one (same secret stream, opted in).
+    config = classifier.ClassifierConfig(
+        model="mlp", model_kwargs={"hidden": (8,)}, dataset="digits", max_per_class=10,
+        batch_size=16, noise_multiplier=1.0, steps=3, eval_every=3, log_every=0,
+        reproducible_private_randomness=True)
+    dp_runs = [classifier.train_classifier(config.__class__(**{**config.to_dict(),
+                                                                "data_parallel": flag}))
+               for flag in (False, True)]
+    out["classifier"] = {
+        "padded": [classifier.make_sampler(r.config, 100).padded_size for r in dp_runs],
+        "max_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                        for a, b in zip(jax.tree.leaves(dp_runs[0].params),
+                                        jax.tree.leaves(dp_runs[1].params))),
+        "epsilon": [r.epsilon for r in dp_runs], "test_loss": [r.test_loss for r in dp_runs]}
     try:
       devices.use_cpu_devices(3)
       out["late_change"] = "accepted"
@@ -110,6 +124,14 @@ def test_evaluation_of_replicated_params_matches_one_device(two_device_result):
   assert sharded["accuracy"] == single["accuracy"]
   assert sharded["loss"] == pytest.approx(single["loss"], rel=1e-6)
   np.testing.assert_allclose(*two_device_result["logits"], rtol=1e-6, atol=1e-6)
+
+
+def test_classifier_on_two_devices_trains_like_one(two_device_result):
+  result = two_device_result["classifier"]
+  assert result["padded"][1] % 2 == 0  # the sampler pads to a multiple of the devices
+  assert result["max_diff"] < 1e-5
+  assert result["epsilon"][0] == result["epsilon"][1]
+  assert result["test_loss"][0] == pytest.approx(result["test_loss"][1], rel=1e-5)
 
 
 def test_changing_the_split_after_start_is_refused(two_device_result):

@@ -10,6 +10,8 @@ import pytest
 
 from experiments import interpret
 
+INF = math.inf
+
 
 def test_tiny_run_writes_consistent_tables(tmp_path):
   config = dataclasses.replace(
@@ -50,10 +52,44 @@ def test_tiny_run_writes_consistent_tables(tmp_path):
                "global_vs_local.md", "cost.md", "config.json"):
     assert os.path.getsize(tmp_path / name) > 0
 
+  # Every trained model is a release of the privacy report, naming files that exist.
+  privacy = json.loads((tmp_path / "privacy_report.json").read_text())
+  releases = {r["name"]: r for r in privacy["releases"]}
+  assert set(releases) == {"gaussian_eps1", "laplace_eps1", "nonprivate"}
+  for release in releases.values():
+    assert release["files"] and all((tmp_path / f).exists() for f in release["files"])
+  assert "table_gaussian.md" in releases["gaussian_eps1"]["files"]
+  assert "robustness.md" in releases["nonprivate"]["files"]
+  assert releases["gaussian_eps1"]["epsilon"] <= 1.0 + 1e-6
+  assert releases["nonprivate"]["epsilon"] == "inf"
+  assert any("hyperparameters (the DP recipe) chosen on test accuracy" in item
+             for item in privacy["not_covered"])
+  # What was measured on training data stays in each model's private/ folder.
+  released = (tmp_path / "results.json").read_text()
+  for key in ("train_accuracy", "train_loss", "clipped_fraction", "mean_grad_norm"):
+    assert f'"{key}"' not in released, key
+  assert (tmp_path / "models" / "gaussian_eps1" / "private" / "diagnostics.json").exists()
+
   # A second run reloads the finished models (no training) and gives the same numbers.
   again = interpret.train_and_evaluate(dataclasses.replace(config, laplace_accounting="pure",
                                                            epsilons=(1.0,)), str(tmp_path))
   assert again["tables"]["gaussian"]["1"] == results["tables"]["gaussian"]["1"]
+
+
+def test_local_dp_models_are_released_with_their_label_guarantee(tmp_path):
+  config = dataclasses.replace(
+      interpret.PRESETS["tiny"], model_kwargs=(("channels", (4,)),), max_per_class=10,
+      epochs=0.5, epsilons=(INF,), clip_norms=(), ldp_epsilons=(1.0,), num_explain=4,
+      certify_radii=(0.0,), reproducible_private_randomness=True)
+  interpret.train_and_evaluate(config, str(tmp_path))
+  privacy = json.loads((tmp_path / "privacy_report.json").read_text())
+  local = next(r for r in privacy["releases"] if r["name"] == "ldp_eps1")
+  assert local["epsilon"] == pytest.approx(64.0) and "global_vs_local.md" in local["files"]
+  assert any("labels released in clear" in item for item in privacy["not_covered"])
+  # The opt-in makes the seed a secret: redacted from config.json, kept under private/.
+  assert json.loads((tmp_path / "config.json").read_text())["seed"] != config.seed
+  assert (tmp_path / "private" / "secret_seed.json").exists()
+  assert privacy["secure_randomness"] is False
 
 
 def test_bad_config_is_named():
