@@ -133,6 +133,27 @@ def data_parallel_mesh(sampler: sampling.BatchSampler):
   return parallel.data_mesh(devices)
 
 
+_STEP_CACHE: dict = {}
+
+
+def compiled_step(loss_fn, optimizer: optax.GradientTransformation, dp: step_lib.DPConfig | None,
+                  mesh=None):
+  """The jitted step, shared by every `train` call with the same loss, optimizer, DP config and
+  mesh: many models of one study (shadow models of an audit, arms of a sweep) compile once."""
+  make = lambda: (step_lib.make_nonprivate_step(loss_fn, optimizer, mesh) if dp is None
+                  else step_lib.make_dp_step(loss_fn, optimizer, dp, mesh))
+  try:
+    key = (loss_fn, optimizer, dp, mesh)
+    hash(key)
+  except TypeError:  # e.g. per-layer clip norms held in a dict
+    return make()
+  if key not in _STEP_CACHE:
+    if len(_STEP_CACHE) > 64:
+      _STEP_CACHE.clear()
+    _STEP_CACHE[key] = make()
+  return _STEP_CACHE[key]
+
+
 class _Records:
   """Public and private metric histories, each also appended to its own JSON-lines file."""
 
@@ -175,8 +196,7 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   _check_inputs(data, sampler, dp, loop)
   sampler = dataclasses.replace(sampler, secret_seed=randomness.sampling_seed(stream))
   mesh = data_parallel_mesh(sampler) if loop.data_parallel else None
-  step_fn = (step_lib.make_nonprivate_step(loss_fn, optimizer, mesh) if dp is None
-             else step_lib.make_dp_step(loss_fn, optimizer, dp, mesh))
+  step_fn = compiled_step(loss_fn, optimizer, dp, mesh)
   phase = (sampler.privacy_phase(0.0) if dp is None
            else sampler.privacy_phase(dp.noise_multiplier, dp.mechanism))
 
@@ -256,9 +276,10 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
         if is_eval:
           public.update(eval_fn(state.params))
         records.add(public, {"step": done, **metrics})
-        logging.info("step %d/%d %s | private: loss=%.4g", done, loop.num_steps,
-                     " ".join(f"{k}={v:.4g}" for k, v in public.items() if k != "step"),
-                     metrics["loss"])
+        logging.info("step %d/%d %s", done, loop.num_steps,
+                     " ".join(f"{k}={v:.4g}" for k, v in public.items() if k != "step"))
+        # Logs get pasted into issues and papers: the batch loss only at --v=1.
+        logging.vlog(1, "step %d private diagnostics: %s", done, metrics)
         window_start, window_steps = time.perf_counter(), 0  # evaluation time is not training time
       if private and (done % loop.checkpoint_every == 0):
         save()

@@ -82,7 +82,9 @@ class PrivateRandomness:
     return {"secure_randomness": False,
             "source": "reproducible private randomness from a secret seed (opt-in)",
             "condition": "the guarantee holds only while the secret seed stays secret; it is "
-                         "kept under the run's private/ folder and never in a released file"}
+                         "kept under the run's private/ folder and never in a released file. "
+                         "A small or guessable seed (0, 1, 42, a date) is no secret: anyone can "
+                         "try seeds until the noise cancels"}
 
 
 SECURE = PrivateRandomness()

@@ -39,6 +39,17 @@ def private_dir(workdir: str) -> str:
   return path
 
 
+def save_secret_seed(workdir: str, randomness: randomness_lib.PrivateRandomness) -> str | None:
+  """Keeps an opted-in secret seed under `<workdir>/private/` (nothing to keep when secure)."""
+  if randomness.secure:
+    return None
+  path = os.path.join(private_dir(workdir), "secret_seed.json")
+  _atomic_write(path, json.dumps({
+      "secret_seed": randomness.secret_seed,
+      "warning": "keys every private draw of this run: anyone holding it can undo the noise"}) + "\n")
+  return path
+
+
 def _finite(x):
   return x if isinstance(x, (int, str)) or (isinstance(x, float) and math.isfinite(x)) else str(x)
 
@@ -78,12 +89,15 @@ def release(name: str, files: Sequence[str], *, epsilon: float, delta: float, me
 
 
 def _composed_epsilon(releases: Sequence[dict], delta: float, accountant: str) -> float | None:
-  """Epsilon of releasing every training-run output together (their ledgers composed)."""
+  """Epsilon of releasing every private training-run output together (their ledgers composed)."""
   phases = []
   for r in releases:
     if "_ledger" not in r:
       return None
-    phases += accounting.PrivacyLedger.from_dict(r["_ledger"]).phases
+    ledger = accounting.PrivacyLedger.from_dict(r["_ledger"])
+    if any(p.noise_multiplier == 0 and p.steps for p in ledger.phases):
+      continue  # a non-private reference is listed on its own; it would make the total inf
+    phases += ledger.phases
   try:
     return accounting.compute_epsilon(phases, delta, accountant)
   except ValueError:
