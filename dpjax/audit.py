@@ -495,19 +495,3 @@ def dirac_canary_audit(config: CanaryAuditConfig, base_data: tuple[np.ndarray, n
           "exceeds_accountant": audit["epsilon_lower_bound"] > claimed}
 
 
-SECRET_SEED_FILE = "secret_seed.json"
-
-
-def save_secret_seed(workdir: str, randomness: randomness_lib.PrivateRandomness) -> str | None:
-  """With reproducible private randomness, writes the seed to `<workdir>/private/` (only there).
-
-  Returns the path, or None when the randomness is the OS CSPRNG (nothing to keep).
-  """
-  if randomness.secure:
-    return None
-  path = os.path.join(report.private_dir(workdir), SECRET_SEED_FILE)
-  with open(path, "w") as f:
-    json.dump({"secret_seed": randomness.secret_seed,
-               "why": "derives every batch and noise draw of the run: whoever holds it can "
-                      "subtract the noise; never release it"}, f, indent=1)
-  return path

@@ -512,19 +512,6 @@ def _with_private_side(public_fn, private_fn, private_log: list):
 
 
 DIAGNOSTICS = "diagnostics.json"
-SECRET_SEED = "secret_seed.json"
-
-
-def save_secret_seed(workdir: str, randomness: randomness_lib.PrivateRandomness) -> str | None:
-  """With reproducible private randomness, the secret seed goes to `<workdir>/private/` only."""
-  if randomness.secure:
-    return None
-  path = os.path.join(report.private_dir(workdir), SECRET_SEED)
-  with open(path, "w") as f:
-    json.dump({"secret_seed": randomness.secret_seed,
-               "why": "derives the batches and all noise of this run: whoever holds it can "
-                      "subtract the noise; never release it"}, f, indent=1)
-  return path
 
 
 def write_private(workdir: str, result: ClassifierResult) -> str:
@@ -555,7 +542,7 @@ def train_classifier(config: ClassifierConfig, workdir: str | None = None,
     dataset = load_dataset(config)
   logging.info("data: %s", dataset.summary())
   if workdir:
-    save_secret_seed(workdir, randomness)
+    report.save_secret_seed(workdir, randomness)
   dataset, ldp_epsilon = apply_local_dp(config, dataset, randomness=randomness, stream=stream,
                                         workdir=workdir)
 

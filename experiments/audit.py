@@ -206,7 +206,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.public_dict(), f, indent=2)
-  audit.save_secret_seed(workdir, config.randomness())
+  report.save_secret_seed(workdir, config.randomness())
   rows, roc_curves, diagnostics = [], {}, {}
   for row in settings(config):
     start = time.perf_counter()

@@ -401,7 +401,7 @@ def train_and_evaluate(sweep: SweepConfig, workdir: str) -> dict:
   planned = runs(sweep)
   _write_json(os.path.join(workdir, "config.json"),
               {"sweep": sweep.to_dict(), "runs": {name: c.public_dict() for name, c in planned}})
-  classifier.save_secret_seed(workdir, sweep.base.randomness())
+  report.save_secret_seed(workdir, sweep.base.randomness())
   rows, grids = [], []
   for dataset_name in dict.fromkeys(c.dataset for _, c in planned):
     first = next(c for _, c in planned if c.dataset == dataset_name)

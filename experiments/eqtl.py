@@ -571,10 +571,7 @@ def _write_config(workdir: str, config: Config,
   values = {k: _json_value(v) for k, v in dataclasses.asdict(config).items()}
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(randomness_lib.redact(values, randomness), f, indent=1)
-  if not randomness.secure:
-    with open(os.path.join(report.private_dir(workdir), "secret_seed.json"), "w") as f:
-      json.dump({"seed": config.seed, "note": "keys every private draw of this run "
-                 "(--reproducible_private_randomness): never release it"}, f, indent=1)
+  report.save_secret_seed(workdir, randomness)
 
 
 def _write_private(workdir: str, arms: list[ArmResult]) -> str:

@@ -474,7 +474,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   _write(workdir, "config.json", json.dumps(randomness_lib.redact(dataclasses.asdict(config),
                                                                   randomness),
                                             indent=2, default=str))
-  classifier.save_secret_seed(workdir, randomness)
+  report.save_secret_seed(workdir, randomness)
   shown = _Shown()
   dataset = load_data(config)
   config = dataclasses.replace(config, dataset=dataset.name if config.dataset != "catsdogs"

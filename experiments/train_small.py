@@ -163,7 +163,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   randomness = config.randomness()
   _write_json(os.path.join(workdir, "config.json"), config.public_dict())
-  audit.save_secret_seed(workdir, randomness)
+  report.save_secret_seed(workdir, randomness)
 
   sampler = SlowSampler(len(x), config.batch_size, "poisson", sleep_per_step=config.sleep_per_step)
   dp = train.DPConfig(clipping.ClippingConfig(config.clip_norm), config.noise_multiplier,

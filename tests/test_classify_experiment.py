@@ -109,7 +109,7 @@ def test_each_run_has_its_own_secret_randomness(tmp_path):
   # With the opt-in the seed is a secret: out of the released config, kept in private/.
   assert json.loads((tmp_path / "opted0" / "config.json").read_text())["seed"] != opted.seed
   assert same[0]["config"]["seed"] != opted.seed
-  assert (tmp_path / "opted0" / "private" / classifier.SECRET_SEED).exists()
+  assert (tmp_path / "opted0" / "private" / "secret_seed.json").exists()
 
 
 def test_tables_plots_and_run_dirs(finished):

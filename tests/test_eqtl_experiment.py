@@ -79,7 +79,7 @@ def test_same_seed_gives_different_dp_results_by_default_and_identical_with_opt_
   assert released["seed"] != 5 and "secret" in released["seed"]
   assert "seed" not in json.loads((tmp_path / "c" / "results.json").read_text())[0]
   assert "seed" not in pd.read_csv(tmp_path / "c" / "results.csv").columns
-  assert json.loads((tmp_path / "c" / "private" / "secret_seed.json").read_text())["seed"] == 5
+  assert json.loads((tmp_path / "c" / "private" / "secret_seed.json").read_text())["secret_seed"] == 5
   assert not (tmp_path / "a" / "private" / "secret_seed.json").exists()
   report = json.loads((tmp_path / "c" / "privacy_report.json").read_text())
   assert report["secure_randomness"] is False and "5" not in json.dumps(report["releases"][0]
