@@ -1,0 +1,1 @@
+"""Shared by every study: output files and the thin `main`."""

@@ -1,0 +1,52 @@
+"""The thin `main` of every study: `--config` (an ml_collections config file) and `--workdir`.
+
+  python -m experiments.<study> --config=experiments/<study>/configs/<name>.py[:arg] \
+      --workdir=runs/<name> [--config.field=value ...]
+
+A config file's optional argument (e.g. `:quick`) shrinks the real configuration to a laptop
+run on the same code path. A bad value ends the run with `<study>: error: <message>` naming the
+field, and exit status 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+
+def run(study: str, train_and_evaluate: Callable, default_config: str,
+        summarize: Callable[[dict], str] | None = None) -> None:
+  """Defines `--config` and `--workdir` and runs `train_and_evaluate(config, workdir)`."""
+  config_flag = config_flags.DEFINE_config_file(
+      "config", default_config, f"{study} config file (experiments/{study}/configs/*.py), "
+      "optionally with an argument as in FILE:quick; override fields with --config.NAME=VALUE.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output folder; a rerun on the same folder resumes.")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = flags.FLAGS.workdir
+    if not workdir:
+      raise app.UsageError("--workdir is required.")
+    try:
+      results = train_and_evaluate(config_flag.value, workdir)
+    except (ValueError, FileNotFoundError) as error:
+      sys.exit(f"{study}: error: {error}")
+    if summarize is not None:
+      print(summarize(results))
+
+  app.run(main)
+
+
+def config_path(study: str, name: str) -> str:
+  """The path of a study's config file, relative to the working directory when inside it."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), study,
+                      "configs", f"{name}.py")
+  relative = os.path.relpath(path)
+  return relative if not relative.startswith("..") else path
