@@ -182,7 +182,7 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
           sampler: sampling.BatchSampler, dp: step_lib.DPConfig | None, loop: LoopConfig,
           randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE,
           stream: str = "model", eval_fn: Callable[[PyTree], dict] | None = None,
-          run_config: dict | None = None) -> TrainResult:
+          run_config: dict | None = None, make_step: Callable | None = None) -> TrainResult:
   """Trains `params` on `data` (a pytree of host arrays with a leading example axis).
 
   `randomness` is the source of the batch selection and the noise (OS CSPRNG by default);
@@ -192,11 +192,20 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   (parameters, optimizer state, secret noise key, step, privacy ledger) and checkpoints
   atomically every `loop.checkpoint_every` steps and at the end. `dp=None` trains without
   privacy (epsilon inf).
+
+  `make_step(loss_fn, optimizer, dp, mesh) -> step` replaces the step (default `compiled_step`:
+  DP-SGD, or non-private when `dp` is None) for training that is not one loss of one parameter
+  tree, e.g. the GAN study (the per-example loss is a (real, generated) pair and
+  the generator's update is post-processing). Its `step(state, batch, mask) -> (state, private
+  metrics with a "loss")` must read the batch only through ONE
+  `train.dp_gradient(loss_fn, ..., key, dp)` per step, with a key split from
+  `train.step_key(state)` (the ledger counts one sampled event of `dp` per step), and advance
+  `state.step` by one.
   """
   _check_inputs(data, sampler, dp, loop)
   sampler = dataclasses.replace(sampler, secret_seed=randomness.sampling_seed(stream))
   mesh = data_parallel_mesh(sampler) if loop.data_parallel else None
-  step_fn = compiled_step(loss_fn, optimizer, dp, mesh)
+  step_fn = (make_step or compiled_step)(loss_fn, optimizer, dp, mesh)
   phase = (sampler.privacy_phase(0.0) if dp is None
            else sampler.privacy_phase(dp.noise_multiplier, dp.mechanism))
 

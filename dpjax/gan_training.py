@@ -17,45 +17,49 @@ Why one Poisson-sampled Gaussian event per discriminator step is the whole priva
     goes with it), so the noisy sum is the sampled Gaussian mechanism with sensitivity
     `clip_norm`, exactly what `accounting.step_event` describes;
   * the generator step reads the discriminator's (already privatised) parameters and fresh
-    noise, never the data: post-processing, free. So are the generator's parameters, hence
-    the generated partners of later steps, and the synthetic data released at the end.
+    noise, never the data: post-processing, free. So are the generator's parameters at every
+    step, hence the generated partners of later steps and every synthetic data set sampled
+    from any intermediate generator: the epsilon of the whole run covers all of them at once.
 The alternative of privatising only the real half and adding the generated half's gradient
 unclipped is private for the same reason, but with the study's tiny clip norm (1e-4) the
 unclipped generated half would swamp the real half; clipping pairs keeps them on one scale.
+
+The loop is `dpjax.engine.train`; the GAN plugs in as its step (the engine's `make_step` hook):
+the per-example loss is the pair loss, the parameters are {"discriminator", "generator"}, and the
+generator's update rides in the same step after the discriminator's. The engine therefore owns
+what the guarantee rests on: batch selection and the noise key come from `randomness` (the OS
+CSPRNG unless the caller opts into a secret seed), the ledger, the checkpoint (under
+`<workdir>/private/`, with the secret key), and the split of metrics into public ones and the
+private training statistics (the real-pair loss, clipped fraction, realised batch sizes). The
+keys of a step (generated partners, dropout, the discriminator's noise, the generator's samples)
+all derive from the engine's secret per-step key; `seed` only initialises the networks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
 from typing import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
 from dpjax import accounting
-from dpjax import checkpoint
 from dpjax import clipping
+from dpjax import engine
+from dpjax import randomness as randomness_lib
 from dpjax import sampling
 from dpjax import train
 from dpjax.models import gan
 
-
-@flax.struct.dataclass
-class GanState:
-  step: jax.Array
-  g_params: dict
-  d_params: dict
-  g_opt_state: optax.OptState
-  d_opt_state: optax.OptState
-  key: jax.Array  # base key (raw uint32); step t draws from fold_in(key, t)
+DISCRIMINATOR, GENERATOR = "discriminator", "generator"
+PROGRESS_FILE = "progress.jsonl"  # the public record `dpjax.engine` appends in its workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +112,8 @@ class GanTrainConfig:
     return optax.adam(self.learning_rate, b1=self.adam_b1)
 
 
+# ----- the per-example (pair) loss and the discriminator's gradient ---------------------------
+
 def pair_loss(d_params, pair: dict, discriminator: gan.Discriminator) -> jax.Array:
   """Discriminator loss of one (real, generated) pair: real/fake and arm heads on both.
 
@@ -124,6 +130,14 @@ def pair_loss(d_params, pair: dict, discriminator: gan.Discriminator) -> jax.Arr
   return real + fake
 
 
+# Cached so that every run with the same discriminator hands the engine the same function, and
+# the compiled step (cached on it) is reused.
+@functools.lru_cache(maxsize=16)
+def pair_loss_fn(discriminator: gan.Discriminator) -> Callable:
+  """`loss_fn(d_params, pair)`: the per-example function of the private step."""
+  return functools.partial(pair_loss, discriminator=discriminator)
+
+
 def make_pairs(g_params, real_x, real_arm, key, generator: gan.Generator, arm_probs: float,
                dropout: bool) -> dict:
   """One generated partner (and a dropout key) for each slot of the padded real batch."""
@@ -136,17 +150,16 @@ def make_pairs(g_params, real_x, real_arm, key, generator: gan.Generator, arm_pr
   return pairs
 
 
-def discriminator_gradient(d_params, pairs: dict, mask, key, discriminator: gan.Discriminator,
+def discriminator_gradient(loss_fn, d_params, pairs: dict, mask, key,
                            dp: train.DPConfig | None, expected_batch_size: float):
-  """(gradient, metrics): privatised through the core when `dp`, else the plain gradient.
+  """(gradient, private metrics): privatised by `train.dp_gradient` when `dp`, else plain.
 
   Both are divided by the expected batch size, so with noise 0 and an infinite clip norm they
   agree; the non-private one skips per-example gradients (it needs none).
   """
-  loss_fn = lambda params, pair: pair_loss(params, pair, discriminator)
   if dp is not None:
     grad, m = train.dp_gradient(loss_fn, d_params, pairs, mask, key, dp)
-    return grad, train.metrics_dict(m)
+    return grad, train.private_metrics(m)
 
   def summed_loss(params):
     losses = jax.vmap(loss_fn, in_axes=(None, 0))(params, pairs)
@@ -158,159 +171,242 @@ def discriminator_gradient(d_params, pairs: dict, mask, key, discriminator: gan.
                 "batch_size": jnp.sum(mask).astype(jnp.float32)}
 
 
-def make_discriminator_step(generator: gan.Generator, discriminator: gan.Discriminator,
-                            config: GanTrainConfig, expected_batch_size: float, jit: bool = True):
-  """`d_step(state, real_x, real_arm, mask) -> (state with new d_params, metrics)`."""
-  dp = config.dp_config(expected_batch_size)
-  optimizer = config.optimizer()
+# ----- the step the engine runs -----------------------------------------------------------------
 
-  def d_step(state: GanState, real_x, real_arm, mask):
-    step_key = jax.random.fold_in(state.key, state.step)
-    pair_key, noise_key = jax.random.split(jax.random.fold_in(step_key, 0))
-    pairs = make_pairs(state.g_params, real_x, real_arm, pair_key, generator, config.arm_probs,
-                       config.dropout)
-    grad, metrics = discriminator_gradient(state.d_params, pairs, mask, noise_key, discriminator,
-                                           dp, expected_batch_size)
-    updates, d_opt_state = optimizer.update(grad, state.d_opt_state, state.d_params)
-    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
-                          d_opt_state=d_opt_state)
-    return state, metrics
+def per_network(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`optimizer` run on each network of {"discriminator": ..., "generator": ...} separately.
 
-  return jax.jit(d_step, donate_argnames="state") if jit else d_step
+  The step updates the discriminator first and the generator against the updated one, so it
+  calls `update` with one network at a time; `init` gives the engine both optimiser states.
+  """
+  def init(params):
+    return {name: optimizer.init(p) for name, p in params.items()}
+
+  def update(grads, state, params=None):
+    results = {name: optimizer.update(g, state[name], None if params is None else params[name])
+               for name, g in grads.items()}
+    return ({name: r[0] for name, r in results.items()},
+            {name: r[1] for name, r in results.items()})
+
+  return optax.GradientTransformation(init, update)
+
+
+@functools.lru_cache(maxsize=16)
+def optimizer_for(config: GanTrainConfig) -> optax.GradientTransformation:
+  """The two networks' Adam, one object per config (the compiled step is cached on it)."""
+  return per_network(config.optimizer())
+
+
+def _apply(optimizer, name: str, params: dict, opt_state: dict, grad) -> tuple[dict, dict]:
+  """(params, opt_state) with network `name` updated by `grad`, the other one unchanged."""
+  updates, new_state = optimizer.update({name: grad}, {name: opt_state[name]},
+                                        {name: params[name]})
+  return ({**params, name: optax.apply_updates(params[name], updates[name])},
+          {**opt_state, name: new_state[name]})
 
 
 # Cached so that runs with the same networks and settings (a resume, a repeat) compile once.
 @functools.lru_cache(maxsize=16)
-def make_train_step(generator: gan.Generator, discriminator: gan.Discriminator,
-                    config: GanTrainConfig, expected_batch_size: float, jit: bool = True):
-  """`step(state, real_x, real_arm, mask) -> (state, metrics)`: a discriminator step, then a
-  generator step against the updated discriminator, in one `jax.jit` (one compile)."""
-  d_step = make_discriminator_step(generator, discriminator, config, expected_batch_size, jit=False)
-  optimizer = config.optimizer()
+def make_gan_step(generator: gan.Generator, discriminator: gan.Discriminator,
+                  config: GanTrainConfig, expected_batch_size: float, loss_fn: Callable,
+                  optimizer: optax.GradientTransformation, dp: train.DPConfig | None,
+                  generator_step: bool = True, jit: bool = True):
+  """`step(state, batch, mask) -> (state, private metrics)` on a `train.TrainState` whose
+  params and opt_state are {"discriminator": ..., "generator": ...} and whose batch is
+  {"x": (B, F, V), "arm": (B,)}: a private discriminator step, then (unless
+  `generator_step=False`, for benchmarks) a generator step against the updated discriminator,
+  in one `jax.jit`.
+  """
   generator_batch = max(1, round(config.generator_batch_factor * expected_batch_size))
 
-  def step(state: GanState, real_x, real_arm, mask):
-    state, metrics = d_step(state, real_x, real_arm, mask)
-    g_key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
-    g_loss, g_grad = jax.value_and_grad(gan.generator_loss)(
-        state.g_params, state.d_params, g_key, generator_batch, generator, discriminator,
-        config.arm_probs)
-    updates, g_opt_state = optimizer.update(g_grad, state.g_opt_state, state.g_params)
-    state = state.replace(step=state.step + 1, g_params=optax.apply_updates(state.g_params, updates),
-                          g_opt_state=g_opt_state)
-    return state, {**metrics, "g_loss": g_loss}
+  def step(state: train.TrainState, batch, mask):
+    # The one secret key of this step, split: nothing here derives from a public seed.
+    pair_key, noise_key, g_key = jax.random.split(train.step_key(state), 3)
+    params, opt_state = state.params, state.opt_state
+    pairs = make_pairs(params[GENERATOR], batch["x"], batch["arm"], pair_key, generator,
+                       config.arm_probs, config.dropout)
+    grad, metrics = discriminator_gradient(loss_fn, params[DISCRIMINATOR], pairs, mask,
+                                           noise_key, dp, expected_batch_size)
+    params, opt_state = _apply(optimizer, DISCRIMINATOR, params, opt_state, grad)
+    if generator_step:
+      g_loss, g_grad = jax.value_and_grad(gan.generator_loss)(
+          params[GENERATOR], params[DISCRIMINATOR], g_key, generator_batch, generator,
+          discriminator, config.arm_probs)
+      params, opt_state = _apply(optimizer, GENERATOR, params, opt_state, g_grad)
+      metrics = {**metrics, "g_loss": g_loss}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.jit(step, donate_argnames="state") if jit else step
 
-def init_state(seed: int, generator: gan.Generator, discriminator: gan.Discriminator,
-               config: GanTrainConfig) -> GanState:
-  """Initial networks and optimiser states; the same seed gives the same state."""
-  init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
-  g_params, d_params = gan.init_params(init_key, generator, discriminator)
-  optimizer = config.optimizer()
-  return GanState(step=jnp.zeros((), jnp.int32), g_params=g_params, d_params=d_params,
-                  g_opt_state=optimizer.init(g_params), d_opt_state=optimizer.init(d_params),
-                  key=train_key)
+
+def step_factory(generator: gan.Generator, discriminator: gan.Discriminator,
+                 config: GanTrainConfig, expected_batch_size: float):
+  """The engine's `make_step(loss_fn, optimizer, dp, mesh)` for the GAN: `loss_fn` is the pair
+  loss and `optimizer` the per-network one that `train_gan` gave the engine."""
+  def make_step(loss_fn, optimizer, dp, mesh):
+    if mesh is not None:
+      raise ValueError("data_parallel is not supported by the GAN step; train it on one device "
+                       "(LoopConfig.data_parallel=False).")
+    return make_gan_step(generator, discriminator, config, expected_batch_size, loss_fn,
+                         optimizer, dp)
+  return make_step
 
 
-@dataclasses.dataclass
-class GanResult:
-  state: GanState
-  ledger: accounting.PrivacyLedger
-  history: list[dict]  # one entry per epoch (metrics, epsilon, and on_epoch's results)
-  steps_per_epoch: int
+def compiled_step(generator: gan.Generator, discriminator: gan.Discriminator,
+                  config: GanTrainConfig, expected_batch_size: float):
+  """The compiled step `train_gan` runs for these settings (the same cached object)."""
+  return make_gan_step(generator, discriminator, config, expected_batch_size,
+                       pair_loss_fn(discriminator), optimizer_for(config),
+                       config.dp_config(expected_batch_size))
 
 
-def make_sampler(num_train: int, config: GanTrainConfig, seed: int) -> sampling.BatchSampler:
-  return sampling.BatchSampler(num_train, config.batch_size, "poisson", seed=seed,
+class _CountingSteps:
+  """A `make_step` hook that also keeps the number of the last step run, which `on_eval` needs
+  (the engine hands its eval_fn only the parameters). Read from the state once, since a
+  resumed run starts at its checkpoint's step; then counted on the host, without a sync."""
+
+  def __init__(self, make_step):
+    self._make_step, self._step_fn, self.done = make_step, None, None
+
+  def __call__(self, loss_fn, optimizer, dp, mesh):
+    self._step_fn = self._make_step(loss_fn, optimizer, dp, mesh)
+    return self._run
+
+  def _run(self, state, batch, mask):
+    if self.done is None:
+      self.done = int(state.step)
+    state, metrics = self._step_fn(state, batch, mask)
+    self.done += 1
+    return state, metrics
+
+
+# ----- initialisation, sampling, accounting -----------------------------------------------------
+
+def init_params(seed: int, generator: gan.Generator, discriminator: gan.Discriminator) -> dict:
+  """{"discriminator", "generator"} initial parameters: a public function of `seed`."""
+  g_params, d_params = gan.init_params(jax.random.PRNGKey(seed), generator, discriminator)
+  return {DISCRIMINATOR: d_params, GENERATOR: g_params}
+
+
+def make_sampler(num_train: int, config: GanTrainConfig) -> sampling.BatchSampler:
+  """Poisson batches of real participants; which ones is secret (the engine picks the source)."""
+  return sampling.BatchSampler(num_train, config.batch_size, "poisson",
                                multiple_of=config.microbatch_size or 1)
 
 
-def privacy_phase(num_train: int, config: GanTrainConfig, seed: int = 0) -> accounting.PrivacyPhase:
+def privacy_phase(num_train: int, config: GanTrainConfig) -> accounting.PrivacyPhase:
   """The phase of one discriminator step (noise 0 for a non-private run)."""
-  sampler = make_sampler(num_train, config, seed)
-  return sampler.privacy_phase(config.noise_multiplier if config.private else 0.0)
+  return make_sampler(num_train, config).privacy_phase(
+      config.noise_multiplier if config.private else 0.0)
+
+
+def num_steps(num_train: int, batch_size: int, epochs: float) -> int:
+  """Discriminator steps of `epochs` passes: `sampling.steps_for_epochs`, the one rule."""
+  return sampling.steps_for_epochs(epochs, num_train, batch_size)
 
 
 def calibrate_noise(target_epsilon: float, delta: float, num_train: int, batch_size: int,
-                    epochs: int, accountant: str = "rdp") -> float:
+                    epochs: float, accountant: str = "rdp") -> float:
   """The noise multiplier that spends `target_epsilon` over `epochs` epochs of D steps."""
   sampler = sampling.BatchSampler(num_train, batch_size, "poisson")
-  phase = sampler.privacy_phase(1.0).with_steps(epochs * sampler.steps_per_epoch)
+  phase = sampler.privacy_phase(1.0).with_steps(sampler.steps_for_epochs(epochs))
   return accounting.calibrate_noise_multiplier(target_epsilon, delta, phase, accountant)
 
 
-def train_gan(train_x: np.ndarray, train_arm: np.ndarray, *, generator: gan.Generator,
-              discriminator: gan.Discriminator, config: GanTrainConfig, epochs: int, seed: int,
-              delta: float, accountant: str = "rdp", workdir: str | None = None,
-              on_epoch: Callable[[int, GanState], dict] | None = None,
-              checkpoint_every: int = 1, run_config: dict | None = None) -> GanResult:
-  """Trains the GAN for `epochs` epochs of `round(N / batch_size)` steps each.
+# ----- training -----------------------------------------------------------------------------
 
-  With `workdir`, resumes from its checkpoint (networks, optimisers, step, privacy ledger and
-  the epoch history) and checkpoints atomically every `checkpoint_every` epochs and at the end.
-  `on_epoch(epoch, state)` (1-based epoch) may return results to merge into that epoch's entry.
+@dataclasses.dataclass
+class GanResult:
+  run: engine.TrainResult
+  history: list[dict]  # public: step, epsilon, throughput, on_eval's results (resumes included)
+  num_steps: int
+  steps_per_epoch: float  # N / B, the expected steps of one pass (epoch labels)
+
+  @property
+  def ledger(self) -> accounting.PrivacyLedger:
+    return self.run.ledger
+
+  @property
+  def g_params(self):
+    return self.run.state.params[GENERATOR]
+
+  @property
+  def d_params(self):
+    return self.run.state.params[DISCRIMINATOR]
+
+  @property
+  def private_history(self) -> list[dict]:
+    """This process's training-batch statistics (real-pair loss, ...): private diagnostics."""
+    return self.run.private_history
+
+
+def read_public_history(workdir: str) -> list[dict]:
+  """The engine's public progress records of every process that trained in `workdir`.
+
+  A resumed run repeats the steps after its checkpoint: the last record of a step wins.
+  """
+  by_step = {}
+  with open(os.path.join(workdir, PROGRESS_FILE)) as f:
+    for line in f:
+      if line.strip():
+        entry = json.loads(line)
+        by_step[entry["step"]] = entry
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def train_gan(train_x: np.ndarray, train_arm: np.ndarray, *, generator: gan.Generator,
+              discriminator: gan.Discriminator, config: GanTrainConfig, epochs: float, seed: int,
+              delta: float, accountant: str = "rdp",
+              randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE,
+              stream: str = "gan", workdir: str | None = None,
+              eval_every_epochs: float | None = None,
+              on_eval: Callable[[int, dict], dict] | None = None,
+              checkpoint_every_epochs: float = 1, run_config: dict | None = None) -> GanResult:
+  """Trains the GAN for `sampling.steps_for_epochs(epochs, N, batch_size)` steps on the engine.
+
+  `seed` initialises the networks (public); batches and every training key come from
+  `randomness` under the name `stream` (give each GAN of a study its own). With `workdir`, the
+  engine resumes from and checkpoints to `<workdir>/private/` and appends public progress to
+  `<workdir>/progress.jsonl`. `on_eval(step, params)` runs every `eval_every_epochs` epochs and
+  at the last step; it must evaluate on held-out data only (what it returns is released).
   """
   train_x = np.asarray(train_x, np.float32)
   train_arm = np.asarray(train_arm, np.int32)
-  train.check_finite_data(train_x)
   expected_shape = (generator.features, generator.visits)
   if train_x.ndim != 3 or train_x.shape[1:] != expected_shape:
     raise ValueError(f"train_x has shape {train_x.shape}; the generator makes (N, "
                      f"{expected_shape[0]}, {expected_shape[1]}) grids: pass a Generator with "
                      "features= and visits= of the data.")
-  accounting.check_delta(delta)
   num_train = train_x.shape[0]
-  sampler = make_sampler(num_train, config, seed)
-  steps_per_epoch = sampler.steps_per_epoch
-  phase = sampler.privacy_phase(config.noise_multiplier if config.private else 0.0)
-  step_fn = make_train_step(generator, discriminator, config, sampler.expected_batch_size)
+  sampler = make_sampler(num_train, config)
+  cadence = lambda epochs_: max(1, round(epochs_ * sampler.steps_per_epoch))
+  loop = engine.LoopConfig(
+      num_steps=sampler.steps_for_epochs(epochs), delta=delta, accountant=accountant,
+      workdir=workdir, checkpoint_every=cadence(checkpoint_every_epochs),
+      eval_every=cadence(eval_every_epochs) if eval_every_epochs else 0,
+      log_every=sampler.steps_per_epoch)
+  steps_per_epoch = num_train / sampler.expected_batch_size
+  steps = _CountingSteps(step_factory(generator, discriminator, config,
+                                      sampler.expected_batch_size))
 
-  state = init_state(seed, generator, discriminator, config)
-  ledger, history, start_epoch = accounting.PrivacyLedger(), [], 0
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    restored = checkpoint.restore(workdir, state)
-    if restored is not None:
-      state, meta = restored
-      ledger = accounting.PrivacyLedger.from_dict(meta["ledger"])
-      history, start_epoch = meta["history"], meta["epoch"]
-      logging.info("resumed from %s at epoch %d (step %d)", checkpoint.path(workdir),
-                   start_epoch, int(state.step))
-  ledger.begin(phase)
+  def eval_fn(params):
+    step = steps.done
+    epoch = step / steps_per_epoch
+    return {"epoch": int(epoch) if epoch.is_integer() else round(epoch, 3),
+            **on_eval(step, params)}
 
-  def epsilon_now():
-    return ledger.epsilon(delta, accountant) if config.private else math.inf
+  run = engine.train(
+      pair_loss_fn(discriminator), init_params(seed, generator, discriminator),
+      optimizer_for(config), {"x": train_x, "arm": train_arm}, sampler=sampler,
+      dp=config.dp_config(sampler.expected_batch_size), loop=loop, randomness=randomness,
+      stream=stream, eval_fn=eval_fn if on_eval is not None else None, run_config=run_config,
+      make_step=steps)
+  history = read_public_history(workdir) if workdir else run.history
+  return GanResult(run=run, history=history, num_steps=loop.num_steps,
+                   steps_per_epoch=steps_per_epoch)
 
-  for epoch in range(start_epoch, epochs):
-    start, num_examples, step_metrics = time.perf_counter(), 0, []
-    for t in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
-      batch = sampler.batch(t)
-      state, metrics = step_fn(state, train_x[batch.indices], train_arm[batch.indices],
-                               batch.mask)
-      ledger.record(1)
-      num_examples += batch.size
-      step_metrics.append(metrics)
-    step_metrics = jax.device_get(step_metrics)
-    seconds = time.perf_counter() - start
-    entry = {"epoch": epoch + 1, "step": int(state.step),
-             **{k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]},
-             "epsilon": epsilon_now(), "delta": delta, "examples_per_sec": num_examples / seconds,
-             "seconds": seconds}
-    if not (math.isfinite(entry["loss"]) and math.isfinite(entry["g_loss"])):
-      raise FloatingPointError(f"epoch {epoch + 1}: discriminator loss {entry['loss']}, generator "
-                               f"loss {entry['g_loss']}; stopping (lower --lr).")
-    if on_epoch is not None:
-      entry.update(on_epoch(epoch + 1, state) or {})
-    history.append(entry)
-    logging.info("epoch %d/%d %s", epoch + 1, epochs,
-                 " ".join(f"{k}={v:.4g}" for k, v in entry.items()
-                          if k not in ("epoch",) and isinstance(v, (int, float))))
-    if workdir and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-      checkpoint.save(workdir, state, {"ledger": ledger.to_dict(), "history": history,
-                                       "epoch": epoch + 1, "config": run_config or {}})
-  return GanResult(state=state, ledger=ledger, history=history, steps_per_epoch=steps_per_epoch)
 
+# ----- throughput -----------------------------------------------------------------------------
 
 def discriminator_throughput(generator: gan.Generator, discriminator: gan.Discriminator,
                              config: GanTrainConfig, batch_sizes, num_examples: int = 512,
@@ -318,31 +414,34 @@ def discriminator_throughput(generator: gan.Generator, discriminator: gan.Discri
   """Examples/s of the private discriminator step (pairs, clipping, noise, Adam) per batch size.
 
   Batch size 1 is the study's approach (one jitted step per participant). Each batch size runs
-  `num_examples` real examples (at least one step) after a compile-and-warm-up step; the best
-  of `repeats` timings is kept, batch sizes interleaved per repeat so a shared machine's load
-  hits all alike.
+  `num_examples` random (not real) examples (at least one step) after a compile-and-warm-up
+  step; the best of `repeats` timings is kept, batch sizes interleaved per repeat so a shared
+  machine's load hits all alike.
   """
   rng = np.random.default_rng(seed)
   grid = (generator.features, generator.visits)
-  steps, data = {}, {}
+  optimizer = optimizer_for(config)
+  steps, data, states = {}, {}, {}
   for b in batch_sizes:
     cfg = dataclasses.replace(config, batch_size=b)
-    steps[b] = make_discriminator_step(generator, discriminator, cfg, float(b))
-    data[b] = (jnp.asarray(rng.uniform(size=(b,) + grid), jnp.float32),
-               jnp.asarray(rng.integers(0, 2, b), jnp.int32), jnp.ones(b, bool))
-  states = {b: init_state(seed, generator, discriminator, config) for b in batch_sizes}
+    steps[b] = make_gan_step(generator, discriminator, cfg, float(b), pair_loss_fn(discriminator),
+                             optimizer, cfg.dp_config(float(b)), generator_step=False)
+    data[b] = ({"x": jnp.asarray(rng.uniform(size=(b,) + grid), jnp.float32),
+                "arm": jnp.asarray(rng.integers(0, 2, b), jnp.int32)}, jnp.ones(b, bool))
+    states[b] = train.init_state(init_params(seed, generator, discriminator), optimizer,
+                                 randomness_lib.SECURE.key("benchmark", b))
   for b in batch_sizes:  # compile
     states[b], m = steps[b](states[b], *data[b])
     jax.block_until_ready(m)
   best = {b: math.inf for b in batch_sizes}
   for _ in range(repeats):
     for b in batch_sizes:
-      num_steps = max(1, num_examples // b)
+      count = max(1, num_examples // b)
       start = time.perf_counter()
-      for _ in range(num_steps):
+      for _ in range(count):
         states[b], m = steps[b](states[b], *data[b])
-      jax.block_until_ready((states[b].d_params, m))
-      best[b] = min(best[b], (time.perf_counter() - start) / (num_steps * b))
+      jax.block_until_ready((states[b].params, m))
+      best[b] = min(best[b], (time.perf_counter() - start) / (count * b))
   return [{"batch_size": b, "examples_per_sec": 1.0 / best[b],
            "speedup_vs_batch_1": (best[batch_sizes[0]] / best[b]) if batch_sizes[0] == 1 else None}
           for b in batch_sizes]
