@@ -203,6 +203,7 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   `state.step` by one.
   """
   _check_inputs(data, sampler, dp, loop)
+  randomness = randomness_lib.shared_across_processes(randomness)
   sampler = dataclasses.replace(sampler, secret_seed=randomness.sampling_seed(stream))
   mesh = data_parallel_mesh(sampler) if loop.data_parallel else None
   step_fn = (make_step or compiled_step)(loss_fn, optimizer, dp, mesh)

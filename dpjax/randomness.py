@@ -51,26 +51,33 @@ class PrivateRandomness:
       from this seed; the guarantee then holds only while the seed stays secret.
   """
   secret_seed: int | None = None
+  # True for a seed drawn from the OS CSPRNG and held only in memory (shared by the processes of
+  # a multi-host run, see `shared_across_processes`): as secret as fresh OS draws.
+  ephemeral: bool = False
 
   @property
   def secure(self) -> bool:
-    """True when the private randomness comes from the OS CSPRNG."""
+    """True when the private randomness comes from the OS CSPRNG (nothing to keep secret)."""
+    return self.secret_seed is None or self.ephemeral
+
+  @property
+  def _fresh(self) -> bool:
     return self.secret_seed is None
 
   def key(self, *stream) -> jax.Array:
     """A raw uint32[2] JAX PRNG key for the named stream (e.g. `key("noise", "arm eps=1")`)."""
-    words = _os_words(2) if self.secure else _stream_words(self.secret_seed, stream, 2)
+    words = _os_words(2) if self._fresh else _stream_words(self.secret_seed, stream, 2)
     return jax.numpy.asarray(words, dtype=jax.numpy.uint32)
 
   def sampling_seed(self, *stream) -> int | None:
     """The batch-selection seed of the named stream: None (OS CSPRNG at every step) or an int."""
-    if self.secure:
+    if self._fresh:
       return None
     return int.from_bytes(_stream_words(self.secret_seed, ("sampling",) + stream, 4).tobytes(), "little")
 
   def numpy_rng(self, *stream) -> np.random.Generator:
     """A NumPy generator for host-side private draws, seeded with 128 OS bits or the stream."""
-    if self.secure:
+    if self._fresh:
       return np.random.default_rng(secrets.randbits(128))
     return np.random.default_rng(_stream_words(self.secret_seed, ("numpy",) + stream, 4))
 
@@ -88,6 +95,21 @@ class PrivateRandomness:
 
 
 SECURE = PrivateRandomness()
+
+
+def shared_across_processes(randomness: PrivateRandomness) -> PrivateRandomness:
+  """The same private randomness on every process of a multi-host run.
+
+  Every process must draw the same batches and the same noise key; fresh OS draws would differ
+  per process. Process 0 draws 128 bits from the OS CSPRNG and sends them to the others in
+  memory; they are never written (a resumed run draws new ones, which is equally private).
+  """
+  if not randomness.secure or randomness.ephemeral or jax.process_count() == 1:
+    return randomness
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top  (multi-host only)
+  words = multihost_utils.broadcast_one_to_all(_os_words(4))
+  seed = int.from_bytes(np.asarray(words, np.uint32).tobytes(), "little")
+  return PrivateRandomness(secret_seed=seed, ephemeral=True)
 
 
 def from_flag(reproducible: bool, seed: int) -> PrivateRandomness:
