@@ -1,21 +1,22 @@
 r"""Step-time benchmark of dpjax's DP-SGD step against its own non-private step (and Opacus).
 
-  python -m experiments.benchmark --workload=cnn --batch_size=64 --mode=all
-  python -m experiments.benchmark --workload=resnet18 --batch_size=32 --mode=all --compare=opacus --json
-  python -m experiments.benchmark --workload=linear --batch_size=256 --mode=dp --per_example=ghost
-  python -m experiments.benchmark --workload=cnn --batch_size=64 --cpu_devices=2 --data_parallel
+  python -m experiments.benchmark --config=experiments/benchmark/configs/cnn.py --workdir=runs/bench_cnn
+  python -m experiments.benchmark --config=experiments/benchmark/configs/linear.py:ghost,jax \
+      --workdir=runs/bench_linear --config.batch_size=512
 
 For each variant (non-private; DP with per-example clipping by vmap, ghost norms, or auto) the
-jitted step is compiled once (compile time and XLA's memory estimate recorded), run `--warmup`
-times, then `--rounds` x `--steps` times with `block_until_ready`; rounds of the variants are
+jitted step is compiled once (compile time and XLA's memory estimate recorded), run `warmup`
+times, then `rounds` x `steps` times with `block_until_ready`; rounds of the variants are
 interleaved so that the ratios are taken under the same load. Reported: median and minimum ms
 per step, examples/s, cores used (process CPU time / wall time), peak memory (the device's
 memory statistics where the backend has them, else the process's peak RSS), DP/non-DP ratios
 and the CPU pressure (/proc/pressure/cpu) before and after: other processes on the machine
 distort timings, so compare ratios within one run.
 
-`--compare=opacus` runs the same model, batch, clip norm and noise in PyTorch/Opacus
-(`experiments.benchmark_opacus`; needs `pip install torch==2.13.0 opacus`, the `compare` extra).
+`compare="opacus"` runs the same model, batch, clip norm and noise in PyTorch/Opacus
+(`experiments.benchmark.opacus_compare`; needs `pip install torch==2.13.0 opacus`, the
+`compare` extra). `cpu_devices` splits the host CPU into XLA devices (`dpjax.devices`): it must
+be applied before JAX initialises, which `train_and_evaluate` does first thing.
 """
 
 from __future__ import annotations
@@ -27,20 +28,25 @@ import platform
 import resource
 import sys
 import time
-from typing import Any, Callable
+import typing
+from typing import Any, Callable, Mapping
 
-from absl import app
-from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from ml_collections import config_dict
 
 from dpjax import clipping
 from dpjax import devices
 from dpjax import parallel
 from dpjax import randomness
 from dpjax import train
+from dpjax.models import registry
+from experiments.benchmark import opacus_compare
+from experiments.common import outputs
 
 WORKLOADS = ("linear", "cnn", "resnet18", "vgg16")
 MODES = ("nonprivate", "dp", "all")
@@ -49,6 +55,7 @@ PER_EXAMPLE = ("vmap", "ghost", "auto")
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
+  """One benchmark run; a config file's fields (configs/*.py), checked on creation."""
   workload: str = "cnn"
   batch_size: int = 64
   mode: str = "all"  # all: the non-private step and the DP step with both vmap and ghost
@@ -64,6 +71,10 @@ class BenchmarkConfig:
   compare: str | None = None  # "opacus"
   opacus_modes: tuple[str, ...] = ("hooks", "ew", "ghost")
   data_parallel: bool = False  # shard the batch over all local devices (dpjax.parallel)
+  # Split the host CPU into this many XLA devices before JAX starts ("auto": one per core;
+  # "0": JAX's default); with data_parallel the batch is sharded over them.
+  cpu_devices: str = "0"
+  json: bool = False  # print the results as JSON instead of a table
   seed: int = 0
 
   def __post_init__(self):
@@ -72,12 +83,78 @@ class BenchmarkConfig:
               ("compare", self.compare, (None, "opacus"))]
     for name, value, valid in checks:
       if value not in valid:
-        raise ValueError(f"--{name}={value!r}: expected one of {valid}.")
+        raise ValueError(f"--config.{name}={value!r}: expected one of {valid}.")
     for name in ("batch_size", "steps", "rounds"):
       if getattr(self, name) < 1:
-        raise ValueError(f"--{name}={getattr(self, name)} must be >= 1.")
+        raise ValueError(f"--config.{name}={getattr(self, name)} must be >= 1.")
     if self.warmup < 0:
-      raise ValueError(f"--warmup={self.warmup} must be >= 0.")
+      raise ValueError(f"--config.warmup={self.warmup} must be >= 0.")
+    if self.microbatch_size is not None and self.microbatch_size < 1:
+      raise ValueError(f"--config.microbatch_size={self.microbatch_size} must be >= 1 (or "
+                       "unset: no microbatching).")
+    try:
+      devices.resolve_count(self.cpu_devices)
+    except ValueError:
+      raise ValueError(f"--config.cpu_devices={self.cpu_devices!r}: expected a whole number "
+                       ">= 0 or 'auto'.") from None
+
+
+def default_config() -> config_dict.ConfigDict:
+  """Every field of `BenchmarkConfig` at its default: what the config files start from.
+
+  A field whose default is None is a typed placeholder, so that `--config.<field>=<value>`
+  can still set it from the command line.
+  """
+  hints = typing.get_type_hints(BenchmarkConfig)
+  config = config_dict.ConfigDict()
+  for field in dataclasses.fields(BenchmarkConfig):
+    if field.default is None:
+      kind = next(t for t in typing.get_args(hints[field.name]) if t is not type(None))
+      setattr(config, field.name, config_dict.placeholder(kind))
+    else:
+      setattr(config, field.name, field.default)
+  return config
+
+
+# The tokens of a config file's argument, e.g. `cnn.py:ghost,jax` (comma-separated).
+ARG_TOKENS = {
+    "all": dict(mode="all"),  # non-private, DP vmap and DP ghost
+    "nonprivate": dict(mode="nonprivate"),
+    "vmap": dict(mode="dp", per_example="vmap"),
+    "ghost": dict(mode="dp", per_example="ghost"),
+    "auto": dict(mode="dp", per_example="auto"),
+    "jax": dict(compare=None),  # without the PyTorch/Opacus comparison
+    "opacus": dict(compare="opacus"),
+    "one_device": dict(cpu_devices="0", data_parallel=False),
+    "json": dict(json=True),
+    "quick": dict(steps=2, warmup=1, rounds=1),  # a smoke run: the same code, few steps
+}
+
+
+def apply_arg(config: config_dict.ConfigDict, arg: str | None) -> config_dict.ConfigDict:
+  """`config` changed by the tokens of a config file's argument (see `ARG_TOKENS`)."""
+  for token in filter(None, (arg or "").split(",")):
+    if token not in ARG_TOKENS:
+      raise ValueError(f"config argument {token!r} is unknown; use comma-separated tokens "
+                       f"from {sorted(ARG_TOKENS)}.")
+    config.update(ARG_TOKENS[token])
+  return config
+
+
+def make_config(config: Mapping[str, Any] | Any) -> BenchmarkConfig:
+  """The checked `BenchmarkConfig` of a ConfigDict (or a plain mapping of its fields)."""
+  if isinstance(config, BenchmarkConfig):
+    return config
+  values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+  valid = sorted(f.name for f in dataclasses.fields(BenchmarkConfig))
+  unknown = sorted(set(values) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown config field(s) {unknown}; valid fields: {valid}.")
+  if "opacus_modes" in values:
+    values["opacus_modes"] = tuple(values["opacus_modes"])
+  if "cpu_devices" in values:
+    values["cpu_devices"] = str(values["cpu_devices"])
+  return BenchmarkConfig(**values)
 
 
 # --- workloads -------------------------------------------------------------------------------
@@ -91,7 +168,6 @@ def input_shape(workload: str) -> tuple[int, ...]:
 
 def make_workload(workload: str, batch_size: int, seed: int):
   """(model, params, per-example loss_fn, batch, mask) of a workload on random data."""
-  from dpjax.models import registry  # pylint: disable=import-outside-toplevel
   num_outputs = 1 if workload == "linear" else 10
   model = registry.build_model(workload, num_outputs)
   key_x, key_y, key_init = jax.random.split(jax.random.key(seed), 3)
@@ -170,9 +246,12 @@ def _run_steps(variant: _Variant, batch, mask, count: int, record: bool):
 
 
 def run_benchmark(config: BenchmarkConfig | dict) -> dict:
-  """Runs the benchmark and returns its results (what `--json` prints)."""
-  if isinstance(config, dict):
-    config = BenchmarkConfig(**config)
+  """Runs the benchmark and returns its results (what `json=True` prints).
+
+  JAX must already have the devices it should use (`train_and_evaluate` applies
+  `cpu_devices` first).
+  """
+  config = make_config(config)
   _, params, loss_fn, batch, mask = make_workload(config.workload, config.batch_size, config.seed)
   mesh = parallel.data_mesh(jax.local_devices()) if config.data_parallel else None
   if mesh is not None:
@@ -242,12 +321,11 @@ def run_benchmark(config: BenchmarkConfig | dict) -> dict:
 
 def _compare_opacus(config: BenchmarkConfig, batch) -> dict:
   try:
-    from experiments import benchmark_opacus  # pylint: disable=import-outside-toplevel
-    benchmark_opacus.check_installed()
+    opacus_compare.check_installed()
   except ImportError as error:
     return {"error": f"{error}. Install the comparison with `pip install torch==2.13.0 opacus` "
                      "(or `pip install -e .[compare]`)."}
-  return benchmark_opacus.run(
+  return opacus_compare.run(
       config.workload, np.asarray(batch["x"]), np.asarray(batch["y"]), steps=config.steps,
       warmup=config.warmup, rounds=config.rounds, clip_norm=config.clip_norm,
       noise_multiplier=config.noise_multiplier, learning_rate=config.learning_rate,
@@ -281,51 +359,24 @@ def format_table(result: dict) -> str:
   return "\n".join(lines)
 
 
-FLAGS = flags.FLAGS
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Applies `cpu_devices`, runs the benchmark, writes results.json and results.md; returns it.
 
-
-def define_flags() -> None:
-  """Defines the command-line flags (only when run as a script, so modules import together)."""
-  flags.DEFINE_enum("workload", "cnn", WORKLOADS, "Model and data shape.")
-  flags.DEFINE_integer("batch_size", 64, "Examples per step.")
-  flags.DEFINE_enum("mode", "all", MODES, "all: non-private, DP with vmap and DP with ghost.")
-  flags.DEFINE_enum("per_example", "auto", PER_EXAMPLE, "Per-example clipping method with --mode=dp.")
-  flags.DEFINE_integer("steps", 20, "Timed steps per round.")
-  flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-  flags.DEFINE_integer("rounds", 1, "Interleaved rounds of --steps steps per variant.")
-  flags.DEFINE_float("clip_norm", 1.0, "Per-example L2 clip norm.")
-  flags.DEFINE_float("noise_multiplier", 1.1, "Gaussian noise multiplier.")
-  flags.DEFINE_string("compute_dtype", None, "e.g. bfloat16: mixed precision (fp32 norms/noise).")
-  flags.DEFINE_integer("microbatch_size", None, "Per-example clipping in chunks of this size.")
-  flags.DEFINE_enum("compare", None, ["opacus"], "Also run the same step in Opacus.")
-  flags.DEFINE_list("opacus_modes", ["hooks", "ew", "ghost"], "Opacus grad_sample_mode values.")
-  devices.define_flags()
-  flags.DEFINE_integer("seed", 0, "Seed of data and parameters.")
-  flags.DEFINE_bool("json", False, "Print the results as JSON instead of a table.")
-  flags.DEFINE_string("output", None, "Also write the JSON results to this file.")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    devices.use_cpu_devices(FLAGS.cpu_devices)
-    config = BenchmarkConfig(
-        workload=FLAGS.workload, batch_size=FLAGS.batch_size, mode=FLAGS.mode,
-        per_example=FLAGS.per_example, steps=FLAGS.steps, warmup=FLAGS.warmup,
-        rounds=FLAGS.rounds, clip_norm=FLAGS.clip_norm, noise_multiplier=FLAGS.noise_multiplier,
-        compute_dtype=FLAGS.compute_dtype, microbatch_size=FLAGS.microbatch_size,
-        compare=FLAGS.compare, opacus_modes=tuple(FLAGS.opacus_modes),
-        data_parallel=bool(FLAGS.data_parallel), seed=FLAGS.seed)
-  except ValueError as error:
-    raise app.UsageError(str(error)) from None
+  The device split must come before any JAX computation: this is the first thing done.
+  """
+  config = make_config(config)
+  devices.use_cpu_devices(config.cpu_devices)
   result = run_benchmark(config)
-  if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      json.dump(result, f, indent=2)
-  print(json.dumps(result, indent=2) if FLAGS.json else format_table(result))
+  result["outputs"] = {"results_json": os.path.join(workdir, "results.json"),
+                       "results_md": os.path.join(workdir, "results.md")}
+  outputs.write_json(result["outputs"]["results_json"], result)
+  outputs.atomic_write_text(result["outputs"]["results_md"], format_table(result) + "\n")
+  logging.info("wrote %s", ", ".join(result["outputs"].values()))
+  return result
 
 
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+def summarize(result: dict) -> str:
+  """What `main` prints: the table, or the whole result as JSON with `json=True`."""
+  if result["config"]["json"]:
+    return json.dumps(outputs.json_safe(result), indent=2)
+  return format_table(result)

@@ -1,6 +1,7 @@
 """The benchmark's workloads in PyTorch and Opacus, for side-by-side step times.
 
-Used by `experiments.benchmark --compare=opacus`; needs `pip install torch==2.13.0 opacus`.
+Used by the benchmark with `compare="opacus"` (configs/*.py; `--config.compare=opacus`); needs
+`pip install torch==2.13.0 opacus`.
 The models mirror dpjax.models (CIFAR CNN, ResNet-18 with GroupNorm(32), VGG-16 without
 BatchNorm, linear regression with 2000 parameters). Inputs are contiguous NCHW tensors: Opacus
 1.6 returns zero per-sample conv weight gradients for a channels-last view.

@@ -1,72 +1,54 @@
 """The eQTL study: DP linear regression of a gene's expression on P SNP genotypes.
 
-  python -m experiments.eqtl --workdir=runs/eqtl_quick --preset=quick
+  python -m experiments.eqtl --config=experiments/eqtl/configs/quick.py --workdir=runs/eqtl_quick
 
-For each (N, P) row: DP-SGD (`dpjax.dp_linear`) and AdaSSP (`dpjax.linear`) at the epsilon
-and delta the DP-SGD run spent, beside two NON-PRIVATE reference columns computed on the same
-training samples without clipping or noise: OLS (closed form, `R2_OLS_nonprivate`) and SGD
-with the same steps (`R2_SGD_nonprivate`); `--nonprivate_baselines=false` drops them. Every R2
-is measured on held-out test samples; adjusted R2 uses the test size n_test and P (NaN, with
-the reason in `note`, when n_test <= P + 1).
+For each (N, P) row: DP-SGD (`dp_linear`) and AdaSSP (`linear`) at the epsilon and delta the
+DP-SGD run spent, beside two NON-PRIVATE reference columns computed on the same training
+samples without clipping or noise: OLS (closed form, `R2_OLS_nonprivate`) and SGD with the same
+steps (`R2_SGD_nonprivate`); `--config.nonprivate_baselines=false` drops them. Every R2 is
+measured on held-out test samples; adjusted R2 uses the test size n_test and P (nan, with the
+reason in `note`, when n_test <= P + 1).
 
 Privacy. Every DP fit (each row, repeat and target epsilon; DP-SGD and AdaSSP) draws its own
-secret noise (and Poisson batches) from the OS CSPRNG under its own stream name; `--seed`
-steers only the public choices (simulation, split). `--reproducible_private_randomness`
-derives the private randomness from `--seed` instead, which then becomes a secret: it is
-redacted from config.json and results and kept in private/secret_seed.json.
+secret noise (and Poisson batches) from the OS CSPRNG under its own stream name;
+`--config.seed` steers only the public choices (simulation, split).
+`--config.reproducible_private_randomness=true` derives the private randomness from the seed
+instead, which then becomes a secret: it is redacted from config.json and results and kept in
+private/secret_seed.json.
 
-Presets:
-  quick  a few small rows with the study's privacy settings (seconds).
-  paper  the study's 27 (N, P) rows, N = 100..10000, P = 10..6000, with its settings: full
-         batch, 700 steps, lr 0.025, noise multiplier 0.5, delta 1e-6 (h2 = 0.99).
-  sweep  R2 of DP-SGD and AdaSSP against epsilon in {0.5, 1, 2, 4, 8, inf} at N=10000,
-         P=100 (delta 1e-5, 3 repeats), with a PNG plot.
-Flags override a preset; --n/--p replace its rows by one row.
+The configs (experiments/eqtl/configs/) are the presets: quick (a few small rows), paper (the
+study's 27 rows), sweep (R2 against epsilon) and hapmap (real HapMap genotypes); `--config.n`
+and `--config.p` replace a config's rows by one row.
 
-Outputs in --workdir: config.json, results.json (a list of rows), results.csv, results.md,
-for the sweep sweep.png, and privacy_report.{json,md} (one release per DP fit and what the
-guarantee does not cover). Unnoised training statistics (training loss, clipped fraction,
-the OLS rank) go to private/diagnostics.json, never to a released file.
+Outputs in the workdir: config.json, results.json (a list of rows), results.csv, results.md,
+for a sweep sweep.png, and privacy_report.{json,md} (one release per DP fit and what the
+guarantee does not cover). Unnoised training statistics (training loss, clipped fraction, the
+OLS rank) go to private/diagnostics.json, never to a released file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import sys
 import time
-from typing import Any
+import typing
+from typing import Any, Mapping
 
-from absl import app
-from absl import flags
 from absl import logging
+from ml_collections import config_dict
 import numpy as np
 import pandas as pd
 
 from dpjax import accounting
-from dpjax import dp_linear
-from dpjax import linear
 from dpjax import randomness as randomness_lib
 from dpjax import report
 from dpjax.data import eqtl
+from experiments.common import outputs
+from experiments.eqtl import dp_linear
+from experiments.eqtl import linear
 
-PRESETS = ("quick", "paper", "sweep")
 SOURCES = ("simulated", "plink_simulated", "plink_expression")
-
-# The study's table, in its order (N = 100 and P = 10 appears twice).
-PAPER_ROWS = (
-    (100, 10), (10000, 10), (100, 10), (1000, 10),
-    (9000, 50), (8000, 50), (1000, 50), (6000, 50), (2000, 50), (7000, 50), (3000, 50),
-    (5000, 50), (4000, 50),
-    (2000, 100), (5000, 100), (1000, 100),
-    (1000, 200), (2000, 200), (5000, 200), (10000, 200),
-    (10000, 300), (10000, 400), (10000, 1000), (10000, 1500), (10000, 2000),
-    (10000, 5500), (10000, 6000),
-)
-QUICK_ROWS = ((200, 10), (1000, 50), (2000, 100), (100, 200))
-SWEEP_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 # An epsilon above this is reported with a warning: it bounds nothing in practice.
 MEANINGFUL_EPSILON = 10.0
 
@@ -78,14 +60,16 @@ PRIVATE_KEYS = ("loss", "final_loss", "clipped_fraction", "final_clipped_fractio
                 "mean_grad_norm", "num_nonfinite", "batch_size", "train_r2", "ols_rank")
 RESULT_FILES = ("results.json", "results.csv", "results.md")
 SWEEP_PLOT = "sweep.png"
+# Config fields that are not Config attributes: with either set, one row (n, p) replaces `rows`.
+ROW_FIELDS = ("n", "p")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """One experiment; `PRESETS` fill it, flags override single fields."""
-  preset: str = "quick"
+  """One experiment, made from a config file (`make_config`); checked on creation."""
+  name: str = "quick"  # the config's name, shown in results.md
   source: str = "simulated"
-  rows: tuple[tuple[int | None, int], ...] = QUICK_ROWS
+  rows: tuple[tuple[int | None, int], ...] = ((200, 10),)
   h2: float = 0.9
   num_causal: int = 10
   # Pre-processing (dpjax/data/eqtl.py): the defaults look at no sample; "train_freq",
@@ -127,67 +111,109 @@ class Config:
   data_dir: str | None = None
   seed: int = 0
 
+  def __post_init__(self):
+    self.validate()
+
   def validate(self) -> None:
-    """Raises ValueError naming the flag of the first bad setting."""
-    if self.preset not in PRESETS:
-      raise ValueError(f"--preset={self.preset!r} is unknown; use one of {PRESETS}.")
+    """Raises ValueError naming the field (as --config.<field>=<value>) of a bad setting."""
     if self.source not in SOURCES:
-      raise ValueError(f"--source={self.source!r} is unknown; use one of {SOURCES}.")
+      raise ValueError(f"--config.source={self.source!r} is unknown; use one of {SOURCES}.")
     if not self.rows:
-      raise ValueError("no (N, P) rows to run.")
+      raise ValueError("--config.rows=(): no (N, P) rows to run; give at least one.")
     for n, p in self.rows:
       if not (isinstance(p, int) and p >= 1):
-        raise ValueError(f"--p={p}: the number of SNPs must be an integer >= 1.")
+        raise ValueError(f"--config.p={p}: the number of SNPs must be an integer >= 1.")
       if n is not None and not (isinstance(n, int) and n >= 3):
-        raise ValueError(f"--n={n}: the number of samples must be an integer >= 3.")
+        raise ValueError(f"--config.n={n}: the number of samples must be an integer >= 3.")
     if not 0.0 <= self.h2 <= 1.0:
-      raise ValueError(f"--h2={self.h2} must be in [0, 1].")
+      raise ValueError(f"--config.h2={self.h2} must be in [0, 1].")
     if self.num_causal < 1:
-      raise ValueError(f"--num_causal={self.num_causal} must be >= 1.")
+      raise ValueError(f"--config.num_causal={self.num_causal} must be >= 1.")
     if self.delta is not None and not 0.0 < self.delta < 1.0:
-      raise ValueError(f"--delta={self.delta} must be in (0, 1) (and well below 1/N).")
+      raise ValueError(f"--config.delta={self.delta} must be in (0, 1) (and well below 1/N).")
     if self.target_epsilon is not None and not self.target_epsilon > 0:
-      raise ValueError(f"--target_epsilon={self.target_epsilon} must be > 0.")
+      raise ValueError(f"--config.target_epsilon={self.target_epsilon} must be > 0.")
     if any(not e > 0 for e in self.epsilons):
-      raise ValueError(f"epsilons={self.epsilons} must all be > 0 (inf: no noise).")
+      raise ValueError(f"--config.epsilons={self.epsilons} must all be > 0 (inf: no noise).")
     if self.noise_multiplier < 0:
-      raise ValueError(f"--noise_multiplier={self.noise_multiplier} must be >= 0.")
+      raise ValueError(f"--config.noise_multiplier={self.noise_multiplier} must be >= 0.")
     if self.clip_norm is not None and not self.clip_norm > 0:
-      raise ValueError(f"--clip_norm={self.clip_norm} must be > 0.")
+      raise ValueError(f"--config.clip_norm={self.clip_norm} must be > 0.")
     if self.steps < 1:
-      raise ValueError(f"--steps={self.steps} must be >= 1.")
+      raise ValueError(f"--config.steps={self.steps} must be >= 1.")
     if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
-      raise ValueError(f"--epochs={self.epochs} must be a finite number > 0.")
+      raise ValueError(f"--config.epochs={self.epochs} must be a finite number > 0.")
     if not self.learning_rate > 0:
-      raise ValueError(f"--learning_rate={self.learning_rate} must be > 0.")
+      raise ValueError(f"--config.learning_rate={self.learning_rate} must be > 0.")
     if self.sampling not in dp_linear.SAMPLINGS:
-      raise ValueError(f"--sampling={self.sampling!r} must be one of {dp_linear.SAMPLINGS}.")
+      raise ValueError(f"--config.sampling={self.sampling!r} must be one of "
+                       f"{dp_linear.SAMPLINGS}.")
     if self.sampling == "poisson" and not (self.batch_size and self.batch_size >= 1):
-      raise ValueError("--sampling=poisson needs --batch_size >= 1 (the expected batch size).")
+      raise ValueError("--config.sampling=poisson needs --config.batch_size >= 1 (the expected "
+                       "batch size).")
     if self.ridge < 0:
-      raise ValueError(f"--ridge={self.ridge} must be >= 0.")
+      raise ValueError(f"--config.ridge={self.ridge} must be >= 0.")
     if self.repeats < 1:
-      raise ValueError(f"--repeats={self.repeats} must be >= 1.")
+      raise ValueError(f"--config.repeats={self.repeats} must be >= 1.")
     if not 0.0 < self.test_fraction < 1.0:
-      raise ValueError(f"--test_fraction={self.test_fraction} must be in (0, 1).")
+      raise ValueError(f"--config.test_fraction={self.test_fraction} must be in (0, 1).")
     if self.adassp_x_bound is not None and not self.adassp_x_bound > 0:
-      raise ValueError(f"--adassp_x_bound={self.adassp_x_bound} must be > 0.")
+      raise ValueError(f"--config.adassp_x_bound={self.adassp_x_bound} must be > 0.")
     if not self.adassp_y_bound > 0:
-      raise ValueError(f"--adassp_y_bound={self.adassp_y_bound} must be > 0.")
+      raise ValueError(f"--config.adassp_y_bound={self.adassp_y_bound} must be > 0.")
     if self.source == "plink_expression" and not self.gene_id:
-      raise ValueError("--source=plink_expression needs --gene_id (e.g. ENSG00000100031).")
+      raise ValueError("--config.source=plink_expression needs --config.gene_id "
+                       "(e.g. ENSG00000100031).")
 
 
-def preset_config(preset: str) -> Config:
-  """The Config of a named preset."""
-  if preset == "quick":
-    return Config(preset="quick", rows=QUICK_ROWS, h2=0.9)
-  if preset == "paper":
-    return Config(preset="paper", rows=PAPER_ROWS, h2=0.99)
-  if preset == "sweep":
-    return Config(preset="sweep", rows=((10000, 100),), h2=0.9, epsilons=SWEEP_EPSILONS,
-                  delta=1e-5, repeats=3)
-  raise ValueError(f"--preset={preset!r} is unknown; use one of {PRESETS}.")
+def default_config() -> config_dict.ConfigDict:
+  """Every field of `Config` (and `n`, `p`) at its default: what the config files start from.
+
+  A field whose default is None is a typed placeholder, so that `--config.<field>=<value>`
+  can still set it from the command line.
+  """
+  hints = typing.get_type_hints(Config)
+  config = config_dict.ConfigDict()
+  for field in dataclasses.fields(Config):
+    if field.default is None:
+      kind = next(t for t in typing.get_args(hints[field.name]) if t is not type(None))
+      setattr(config, field.name, config_dict.placeholder(kind))
+    else:
+      setattr(config, field.name, field.default)
+  for name in ROW_FIELDS:
+    setattr(config, name, config_dict.placeholder(int))
+  return config
+
+
+def make_config(config: Mapping[str, Any] | Any) -> Config:
+  """The checked `Config` of a config file's ConfigDict (or a plain mapping of its fields).
+
+  `n`/`p` (either set) replace `rows` by the one row (n, p), p defaulting to 100 and n to the
+  first row's N. A PLINK source always runs one row, N = all samples of the file unless n.
+  """
+  if isinstance(config, Config):
+    return config
+  values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+  valid = sorted({f.name for f in dataclasses.fields(Config)} | set(ROW_FIELDS))
+  unknown = sorted(set(values) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown config field(s) {unknown}; valid fields: {valid}.")
+  n, p = (values.pop(name, None) for name in ROW_FIELDS)
+  if p is not None and not (isinstance(p, int) and p >= 1):
+    raise ValueError(f"--config.p={p}: the number of SNPs must be an integer >= 1.")
+  rows = tuple(tuple(row) for row in values.get("rows", Config.rows))
+  if n is not None or p is not None or values.get("source", Config.source) != "simulated":
+    default_n = rows[0][0] if values.get("source", Config.source) == "simulated" else None
+    rows = ((default_n if n is None else n, 100 if p is None else p),)
+  values["rows"] = rows
+  # A command line gives e.g. --config.epsilons=1 --config.epsilons=inf: strings to floats.
+  try:
+    values["epsilons"] = tuple(float(e) for e in values.get("epsilons", ()))
+  except (TypeError, ValueError):
+    raise ValueError(f"--config.epsilons={values['epsilons']!r}: expected numbers (inf "
+                     "allowed), e.g. --config.epsilons=1 --config.epsilons=inf, or "
+                     "--config.epsilons=\"(1, 8, 'inf')\".") from None
+  return Config(**values)
 
 
 # ----------------------------------------------------------------------------
@@ -317,19 +343,8 @@ def evaluate(data: eqtl.EqtlData, config: Config, randomness: randomness_lib.Pri
 # Tables and plots
 
 
-def _json_value(value):
-  if isinstance(value, (float, np.floating)):
-    value = float(value)
-    if math.isnan(value):
-      return None
-    if math.isinf(value):
-      return "inf" if value > 0 else "-inf"
-  if isinstance(value, np.integer):
-    return int(value)
-  return value
-
-
 def _format(value) -> str:
+  """A number for a log line or a sentence (4 significant digits; n/a, inf)."""
   if isinstance(value, (float, np.floating)):
     if math.isnan(value):
       return "n/a"
@@ -337,12 +352,6 @@ def _format(value) -> str:
       return "inf"
     return f"{value:.4g}"
   return str(value)
-
-
-def markdown_table(rows: list[dict], columns) -> str:
-  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(_format(r.get(c, "")) for c in columns) + " |" for r in rows]
-  return "\n".join(lines)
 
 
 def sweep_summary(rows: list[dict]) -> list[dict]:
@@ -363,10 +372,7 @@ def sweep_summary(rows: list[dict]) -> list[dict]:
 
 def plot_sweep(summary: list[dict], path: str, title: str) -> None:
   """R2 against epsilon (log axis; epsilon = inf drawn at the right edge)."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-
+  plt = outputs.pyplot()
   finite = [s["target_epsilon"] for s in summary if math.isfinite(s["target_epsilon"])]
   inf_position = max(finite) * 4 if finite else 1.0
   xs = [s["target_epsilon"] if math.isfinite(s["target_epsilon"]) else inf_position
@@ -395,8 +401,7 @@ def plot_sweep(summary: list[dict], path: str, title: str) -> None:
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  outputs.save_figure(fig, path)
 
 
 def tf_privacy_epsilon(noise_multiplier: float, steps: int, delta: float) -> float:
@@ -437,14 +442,14 @@ def _table_columns(config: Config) -> list[str]:
 def _header(config: Config) -> list[str]:
   steps = (f"{config.steps} steps" if config.epochs is None
            else f"{_format(config.epochs)} epochs")
-  text = (f"# eQTL: DP linear regression ({config.preset} preset, source={config.source})\n\n"
+  text = (f"# eQTL: DP linear regression ({config.name} config, source={config.source})\n\n"
           f"Held-out R2 of DP-SGD (R2_DP, {steps}, lr {config.learning_rate}, {config.sampling} "
           "batch) and AdaSSP at the same (epsilon, delta) (R2_AdaSSP). ")
   if config.nonprivate_baselines:
     text += ("**NON-PRIVATE references**, not covered by any guarantee: OLS (R2_OLS_nonprivate, "
              "R2_adj_OLS_nonprivate) and SGD with the same steps without clipping or noise "
              "(R2_SGD_nonprivate), fitted on the same training samples. ")
-  text += ("Adjusted R2 uses the test size n_test and P (n/a when n_test <= P + 1). epsilon is "
+  text += ("Adjusted R2 uses the test size n_test and P (nan when n_test <= P + 1). epsilon is "
            f"the accountant's ({config.accountant}) at the delta column; what each number "
            "costs and what is not covered: privacy_report.md.")
   return [text, ""]
@@ -459,11 +464,9 @@ def write_outputs(workdir: str, config: Config, rows: list[dict],
   leaked = sorted({k for r in rows for k in r if k in PRIVATE_KEYS})
   if leaked:
     raise ValueError(f"refusing to release unnoised training statistics {leaked} in results.")
-  json_rows = [{k: _json_value(v) for k, v in r.items()} for r in rows]
-  outputs = {name.replace(".", "_"): os.path.join(workdir, name) for name in RESULT_FILES}
-  with open(outputs["results_json"], "w") as f:
-    json.dump(json_rows, f, indent=1)
-  pd.DataFrame(rows).to_csv(outputs["results_csv"], index=False)
+  paths = {name.replace(".", "_"): os.path.join(workdir, name) for name in RESULT_FILES}
+  outputs.write_json(paths["results_json"], rows, indent=1)
+  outputs.write_csv(paths["results_csv"], rows)
   lines = _header(config)
   summary = None
   if config.epsilons:
@@ -472,17 +475,16 @@ def write_outputs(workdir: str, config: Config, rows: list[dict],
     if config.nonprivate_baselines:
       columns += ["R2_OLS_nonprivate", "R2_SGD_nonprivate"]
     columns += ["R2_DP", "R2_DP_sd", "R2_AdaSSP", "R2_AdaSSP_sd"]
-    lines += [f"Mean (sd) over {config.repeats} repeats:", "", markdown_table(summary, columns),
+    lines += [f"Mean (sd) over {config.repeats} repeats:", "", outputs.markdown_table(summary, columns),
               "", "All runs:", ""]
     plot_path = os.path.join(workdir, SWEEP_PLOT)
     first = rows[0]
     plot_sweep(summary, plot_path, f"{config.source}, N={first['N']}, P={first['P']}, "
                f"h2={config.h2}, delta={first['delta']:g}")
-    outputs["plot"] = plot_path
-  lines += [markdown_table(rows, _table_columns(config)), "", _study_epsilon_sentence(config), ""]
-  with open(outputs["results_md"], "w") as f:
-    f.write("\n".join(lines))
-  return {"outputs": outputs, "summary": summary}
+    paths["plot"] = plot_path
+  lines += [outputs.markdown_table(rows, _table_columns(config)), "", _study_epsilon_sentence(config), ""]
+  outputs.atomic_write_text(paths["results_md"], "\n".join(lines))
+  return {"outputs": paths, "summary": summary}
 
 
 # ----------------------------------------------------------------------------
@@ -523,14 +525,14 @@ def not_covered(config: Config, data_not_covered: list[str], arms: list[ArmResul
                  "R2_adj_OLS_nonprivate, R2_SGD_nonprivate, the OLS line of sweep.png and the "
                  "'non-private OLS under-determined' note): fitted on the training samples "
                  "without clipping or noise, a labelled reference only; drop them with "
-                 "--nonprivate_baselines=false")
+                 "--config.nonprivate_baselines=false")
   if any(not math.isfinite(a.dp_fit.epsilon) for a in arms):
     items.append("the epsilon = inf fits (no noise): R2_DP and R2_AdaSSP at epsilon inf are "
                  "non-private")
   items += [
       "the held-out test samples: every R2 is computed on them in the clear (the guarantee "
       "covers the training samples only)",
-      "any tuning of --learning_rate, --steps/--epochs, --clip_norm or the AdaSSP bounds on "
+      "any tuning of learning_rate, steps/epochs, clip_norm or the AdaSSP bounds on "
       "these data (the defaults are the study's settings and depend only on P)",
       "floating-point side channels of Gaussian noise sampling",
   ]
@@ -568,27 +570,26 @@ def privacy_notes(config: Config, arms: list[ArmResult]) -> list[str]:
 
 def _write_config(workdir: str, config: Config,
                   randomness: randomness_lib.PrivateRandomness) -> None:
-  values = {k: _json_value(v) for k, v in dataclasses.asdict(config).items()}
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(randomness_lib.redact(values, randomness), f, indent=1)
+  values = outputs.json_safe(dataclasses.asdict(config))
+  outputs.write_json(os.path.join(workdir, "config.json"), randomness_lib.redact(values, randomness))
   report.save_secret_seed(workdir, randomness)
 
 
 def _write_private(workdir: str, arms: list[ArmResult]) -> str:
-  path = os.path.join(report.private_dir(workdir), "diagnostics.json")
   entries = [{"row": a.row["row"], "repeat": a.row["repeat"], "seed": a.row["seed"],
-              "target_epsilon": _json_value(a.row["target_epsilon"]),
-              **{k: v for k, v in a.private.items()},
+              "target_epsilon": a.row["target_epsilon"], **a.private,
               "dp_sgd_loss_per_step": [float(v) for v in a.dp_fit.private_diagnostics["loss"]]}
              for a in arms]
-  with open(path, "w") as f:
-    json.dump(entries, f, indent=1, default=_json_value)
-  return path
+  return outputs.write_json(os.path.join(report.private_dir(workdir), "diagnostics.json"),
+                            entries)
 
 
-def train_and_evaluate(config: Config, workdir: str) -> dict:
-  """Runs every row (and every epsilon of a sweep) and writes the outputs; returns them."""
-  config.validate()
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs every row (and every epsilon of a sweep) and writes the outputs; returns them.
+
+  `config` is a config file's ConfigDict (or a `Config`); a bad field raises ValueError.
+  """
+  config = make_config(config)
   os.makedirs(workdir, exist_ok=True)
   randomness = randomness_lib.from_flag(config.reproducible_private_randomness, config.seed)
   _write_config(workdir, config, randomness)
@@ -623,8 +624,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       if not warned and row["epsilon"] > MEANINGFUL_EPSILON:
         warned = True
         logging.warning(
-            "epsilon=%s gives no meaningful privacy guarantee; pass e.g. --target_epsilon=1 "
-            "(or --preset=sweep) for a real one.", _format(row["epsilon"]))
+            "epsilon=%s gives no meaningful privacy guarantee; pass e.g. "
+            "--config.target_epsilon=1 (or the sweep config) for a real one.",
+            _format(row["epsilon"]))
   rows = [arm.row for arm in arms]
   written = write_outputs(workdir, config, rows, randomness)
   private_path = _write_private(workdir, arms)
@@ -639,102 +641,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   return {"rows": rows, "arms": arms, **written}
 
 
-# ----------------------------------------------------------------------------
-# Command line
-
-
-def define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "Output directory (created).")
-  flags.DEFINE_string("preset", "quick", f"One of {PRESETS}.")
-  flags.DEFINE_string("source", None, f"Data source, one of {SOURCES} (default simulated).")
-  flags.DEFINE_integer("n", None, "Samples (with --p: one row instead of the preset's). "
-                       "PLINK sources: default all samples.")
-  flags.DEFINE_integer("p", None, "SNPs (with --n: one row instead of the preset's).")
-  flags.DEFINE_float("h2", None, "Heritability of simulated expression.")
-  flags.DEFINE_integer("num_causal", None, "Causal SNPs of simulated expression (capped at P).")
-  flags.DEFINE_string("standardization", None,
-                      "Genotype standardisation: public (default: public allele frequencies, "
-                      "else centred), public_freq, centered, or train_freq (data-dependent: "
-                      "listed as not covered in privacy_report.md); see dpjax/data/eqtl.py.")
-  flags.DEFINE_string("expression_standardization", None,
-                      "Real expression: none (as stored, default) or train (training mean and "
-                      "sd: data-dependent, listed as not covered).")
-  flags.DEFINE_float("test_fraction", None, "Share of samples held out for R2.")
-  flags.DEFINE_float("target_epsilon", None, "Calibrate the noise to spend this epsilon.")
-  flags.DEFINE_float("noise_multiplier", None, "Noise std / clip norm (without --target_epsilon).")
-  flags.DEFINE_list("epsilons", None, "Sweep these target epsilons ('inf' allowed).")
-  flags.DEFINE_float("delta", None, "Target delta (paper/quick 1e-6, sweep 1e-5).")
-  flags.DEFINE_float("clip_norm", None, "Per-example clip norm (default sqrt(P + 1)).")
-  flags.DEFINE_integer("steps", None, "DP-SGD iterations (study: 700).")
-  flags.DEFINE_float("epochs", None, "Instead of --steps: ceil(epochs * N / batch) steps.")
-  flags.DEFINE_float("learning_rate", None, "SGD learning rate (study: 0.025).")
-  flags.DEFINE_string("sampling", None, "full (study) or poisson (needs --batch_size).")
-  flags.DEFINE_integer("batch_size", None, "Expected Poisson batch size.")
-  flags.DEFINE_float("ridge", None, "L2 penalty (ridge/2)||w||^2 on the mean loss of OLS and "
-                     "DP-SGD (added after the noise: no privacy cost).")
-  flags.DEFINE_integer("repeats", None, "Repeats per row with different seeds.")
-  flags.DEFINE_boolean("nonprivate_baselines", None, "Also report the NON-PRIVATE OLS and SGD "
-                       "reference columns (default true; listed as not covered).")
-  flags.DEFINE_boolean("reproducible_private_randomness", None,
-                       "Derive the DP noise and batches from --seed (which then is a secret, "
-                       "redacted from config.json) instead of the OS CSPRNG (default false).")
-  flags.DEFINE_float("adassp_x_bound", None, "AdaSSP public bound on ||x|| (default sqrt(P)).")
-  flags.DEFINE_float("adassp_y_bound", None, "AdaSSP public bound on |y| (default 3).")
-  flags.DEFINE_string("plink_prefix", None, "PLINK prefix (default HapMap YRI or OneK1K "
-                      "under --data_dir).")
-  flags.DEFINE_string("expression_path", None, "Expression BED (default OneK1K CD14 TMM).")
-  flags.DEFINE_string("gene_id", None, "Gene of --source=plink_expression.")
-  flags.DEFINE_integer("snp_start", None, "First SNP index for PLINK sources.")
-  flags.DEFINE_string("missing", None, "Missing genotype calls: impute (public dosage, "
-                      "default), impute_mean (data-dependent: listed as not covered) or error.")
-  flags.DEFINE_string("data_dir", None, "Real data directory (default $DPJAX_DATA_DIR or "
-                      "../shared/data).")
-  flags.DEFINE_integer("seed", None, "Seed of the public choices (simulation, sample choice, "
-                       "split); the DP noise comes from the OS CSPRNG unless "
-                       "--reproducible_private_randomness.")
-
-
-_OVERRIDES = ("source", "h2", "num_causal", "standardization", "expression_standardization",
-              "test_fraction", "target_epsilon", "noise_multiplier", "delta", "clip_norm",
-              "steps", "epochs", "learning_rate", "sampling", "batch_size", "ridge", "repeats",
-              "nonprivate_baselines", "reproducible_private_randomness", "adassp_x_bound",
-              "adassp_y_bound", "plink_prefix", "expression_path", "gene_id", "snp_start",
-              "missing", "data_dir", "seed")
-
-
-def config_from_flags(values: dict) -> Config:
-  """A preset's Config with the flags that were set (not None) applied."""
-  config = preset_config(values["preset"])
-  overrides = {k: values[k] for k in _OVERRIDES if values.get(k) is not None}
-  if values.get("epsilons") is not None:
-    overrides["epsilons"] = tuple(float(e) for e in values["epsilons"])
-  source = overrides.get("source", config.source)
-  n, p = values.get("n"), values.get("p")
-  if n is not None or p is not None or source != "simulated":
-    default_n = config.rows[0][0] if source == "simulated" else None
-    overrides["rows"] = ((default_n if n is None else n, 100 if p is None else p),)
-  return dataclasses.replace(config, **overrides)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS.workdir:
-    raise app.UsageError("--workdir is required.")
-  values = {name: flags.FLAGS[name].value for name in flags.FLAGS}
-  try:
-    config = config_from_flags(values)
-    config.validate()
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  try:
-    result = train_and_evaluate(config, flags.FLAGS.workdir)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"eqtl: error: {e}")
-  with open(result["outputs"]["results_md"]) as f:
-    print(f.read())
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+def summarize(results: dict) -> str:
+  """What `main` prints: the results.md table."""
+  with open(results["outputs"]["results_md"]) as f:
+    return f.read()

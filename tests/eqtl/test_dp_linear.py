@@ -1,4 +1,4 @@
-"""Tests for dpjax.dp_linear: DP-SGD linear regression on the core."""
+"""Tests for experiments.eqtl.dp_linear: DP-SGD linear regression on the core."""
 
 import dataclasses
 import math
@@ -10,10 +10,10 @@ import pytest
 
 from dpjax import accounting
 from dpjax import clipping
-from dpjax import dp_linear
-from dpjax import linear
 from dpjax import noise
 from dpjax import randomness
+from experiments.eqtl import dp_linear
+from experiments.eqtl import linear
 
 
 def _regression(seed, n=64, p=6, noise=0.1):

@@ -1,9 +1,10 @@
-"""Tests for experiments/eqtl.py on tiny configurations."""
+"""Tests for experiments/eqtl/experiment.py on tiny configurations (configs/quick.py:tiny)."""
 
-import dataclasses
 import json
 import logging
 import math
+import subprocess
+import sys
 
 from bed_reader import to_bed
 import jax
@@ -14,14 +15,26 @@ import pytest
 from sklearn import linear_model
 
 from dpjax import accounting
-from dpjax import dp_linear
-from dpjax import linear
 from dpjax import noise
 from dpjax.data import eqtl as eqtl_data
-from experiments import eqtl
+from experiments.eqtl import dp_linear
+from experiments.eqtl import experiment as eqtl
+from experiments.eqtl import linear
+from experiments.eqtl.configs import hapmap
+from experiments.eqtl.configs import onek1k
+from experiments.eqtl.configs import paper
+from experiments.eqtl.configs import quick
+from experiments.eqtl.configs import sweep
 
-TINY = dataclasses.replace(eqtl.preset_config("quick"), rows=((120, 5), (90, 40)), steps=60,
-                           learning_rate=0.1)
+TINY = quick.get_config("tiny")  # rows (120, 5), (90, 40); 60 steps, lr 0.1
+
+
+def tiny(**changes):
+  """configs/quick.py:tiny with some fields changed (an unknown field raises)."""
+  config = quick.get_config("tiny")
+  config.lock()
+  config.update(changes)
+  return config
 
 
 def _write_plink(prefix, genotypes, sample_ids):
@@ -47,7 +60,7 @@ def test_quick_config_writes_the_tables_with_the_right_columns_and_values(tmp_pa
                  "R2_AdaSSP", "R2_adj_AdaSSP", "R2_SGD_nonprivate"):
     assert math.isfinite(first[column]), column
   # The OLS reference is OLS on the held-out samples: scikit-learn gives the same number.
-  data = eqtl.load_row_data(TINY, 120, 5, first["seed"])
+  data = eqtl.load_row_data(eqtl.make_config(TINY), 120, 5, first["seed"])
   reference = linear_model.LinearRegression().fit(data.x_train, data.y_train)
   r2 = first["R2_OLS_nonprivate"]
   assert r2 == pytest.approx(reference.score(data.x_test, data.y_test), abs=1e-6)
@@ -58,17 +71,18 @@ def test_quick_config_writes_the_tables_with_the_right_columns_and_values(tmp_pa
   assert first["epsilon"] == pytest.approx(accounting.compute_epsilon([phase], 1e-6))
   # P = 40 with 18 test samples: adjusted R2 is undefined, reported as such, not a number.
   second = rows[1]
-  assert second["R2_adj_OLS_nonprivate"] is None and "n_test=18" in second["note"]
+  assert second["R2_adj_OLS_nonprivate"] == "nan" and "n_test=18" in second["note"]
   assert result["rows"][1]["R2_DP"] == pytest.approx(second["R2_DP"])
 
 
 def test_same_seed_gives_different_dp_results_by_default_and_identical_with_opt_in(tmp_path):
-  config = dataclasses.replace(TINY, rows=((80, 4),), steps=20, target_epsilon=1.0, delta=1e-4)
+  config = tiny(rows=((80, 4),), steps=20, target_epsilon=1.0, delta=1e-4)
   a = eqtl.train_and_evaluate(config, str(tmp_path / "a"))["rows"][0]
   b = eqtl.train_and_evaluate(config, str(tmp_path / "b"))["rows"][0]
   assert a["R2_DP"] != b["R2_DP"] and a["R2_AdaSSP"] != b["R2_AdaSSP"]  # fresh secret noise
   assert a["R2_OLS_nonprivate"] == b["R2_OLS_nonprivate"]  # --seed still fixes the data
-  reproducible = dataclasses.replace(config, reproducible_private_randomness=True, seed=5)
+  reproducible = tiny(rows=((80, 4),), steps=20, target_epsilon=1.0, delta=1e-4,
+                      reproducible_private_randomness=True, seed=5)
   c = eqtl.train_and_evaluate(reproducible, str(tmp_path / "c"))["rows"][0]
   d = eqtl.train_and_evaluate(reproducible, str(tmp_path / "d"))["rows"][0]
   for key in ("R2_DP", "R2_AdaSSP", "R2_OLS_nonprivate"):
@@ -87,8 +101,8 @@ def test_same_seed_gives_different_dp_results_by_default_and_identical_with_opt_
 
 
 def test_sweep_writes_summary_and_plot(tmp_path):
-  config = dataclasses.replace(TINY, rows=((100, 4),), steps=30, epsilons=(1.0, math.inf),
-                               delta=1e-4, repeats=2)
+  config = tiny(rows=((100, 4),), steps=30, epsilons=(1.0, math.inf),
+                delta=1e-4, repeats=2)
   result = eqtl.train_and_evaluate(config, str(tmp_path))
   rows = json.loads((tmp_path / "results.json").read_text())
   assert len(rows) == 4  # 2 repeats x 2 epsilons
@@ -140,8 +154,8 @@ def test_two_sweep_arms_noises_are_independent(tmp_path, monkeypatch):
   # With one key for every target epsilon, g_e = (S + sigma_e C Z) / N shares Z, and
   # (s2 g_a - s1 g_b) / (s2 - s1) is the noise-free S / N (to 1e-6); AdaSSP's X^T y likewise.
   fits, adassp = _capture(monkeypatch)
-  config = dataclasses.replace(TINY, rows=((100, 4),), steps=1, learning_rate=1.0,
-                               epsilons=(0.5, 2.0), delta=1e-4, nonprivate_baselines=False)
+  config = tiny(rows=((100, 4),), steps=1, learning_rate=1.0,
+                epsilons=(0.5, 2.0), delta=1e-4, nonprivate_baselines=False)
   eqtl.train_and_evaluate(config, str(tmp_path))
   (x, y, a), (_, _, b) = fits
   assert a.noise_multiplier > b.noise_multiplier
@@ -158,8 +172,8 @@ def test_two_sweep_arms_noises_are_independent(tmp_path, monkeypatch):
 def test_regenerating_the_noise_from_the_public_seed_does_not_recover_the_clipped_sum(
     tmp_path, monkeypatch):
   fits, _ = _capture(monkeypatch)
-  config = dataclasses.replace(TINY, rows=((100, 4),), steps=1, learning_rate=1.0,
-                               target_epsilon=1.0, delta=1e-4, adassp=False)
+  config = tiny(rows=((100, 4),), steps=1, learning_rate=1.0,
+                target_epsilon=1.0, delta=1e-4, adassp=False)
   eqtl.train_and_evaluate(config, str(tmp_path))
   (x, y, fit), = fits
   truth = _clipped_sum_over_n(x, y, fit.clip_norm)
@@ -178,8 +192,8 @@ def test_regenerating_the_noise_from_the_public_seed_does_not_recover_the_clippe
 
 
 def test_privacy_report_names_each_dp_fit_and_what_is_not_covered(tmp_path):
-  config = dataclasses.replace(TINY, rows=((100, 4),), steps=20, epsilons=(1.0, math.inf),
-                               delta=1e-4)
+  config = tiny(rows=((100, 4),), steps=20, epsilons=(1.0, math.inf),
+                delta=1e-4)
   eqtl.train_and_evaluate(config, str(tmp_path))
   report = json.loads((tmp_path / "privacy_report.json").read_text())
   assert (tmp_path / "privacy_report.md").exists()
@@ -198,7 +212,7 @@ def test_privacy_report_names_each_dp_fit_and_what_is_not_covered(tmp_path):
 
 
 def test_no_unnoised_training_statistic_in_the_released_files(tmp_path):
-  config = dataclasses.replace(TINY, rows=((100, 4),), steps=20)
+  config = tiny(rows=((100, 4),), steps=20)
   eqtl.train_and_evaluate(config, str(tmp_path))
   released = " ".join((tmp_path / name).read_text() for name in eqtl.RESULT_FILES)
   for key in ("loss", "clipped_fraction", "mean_grad_norm", "batch_size", "train_r2", "rank"):
@@ -209,7 +223,7 @@ def test_no_unnoised_training_statistic_in_the_released_files(tmp_path):
 
 
 def test_without_nonprivate_baselines_every_released_number_is_covered(tmp_path):
-  config = dataclasses.replace(TINY, rows=((100, 4),), steps=20, nonprivate_baselines=False)
+  config = tiny(rows=((100, 4),), steps=20, nonprivate_baselines=False)
   eqtl.train_and_evaluate(config, str(tmp_path))
   rows = json.loads((tmp_path / "results.json").read_text())
   for column in eqtl.NONPRIVATE_COLUMNS:
@@ -219,39 +233,74 @@ def test_without_nonprivate_baselines_every_released_number_is_covered(tmp_path)
 
 
 def test_data_dependent_standardisation_is_listed_as_not_covered(tmp_path):
-  config = dataclasses.replace(TINY, rows=((100, 4),), steps=5, standardization="train_freq")
+  config = tiny(rows=((100, 4),), steps=5, standardization="train_freq")
   eqtl.train_and_evaluate(config, str(tmp_path))
   report = json.loads((tmp_path / "privacy_report.json").read_text())
   assert eqtl_data.NOT_COVERED_TRAIN_FREQ in report["not_covered"]
   default = tmp_path / "default"
-  eqtl.train_and_evaluate(dataclasses.replace(config, standardization="public"), str(default))
+  eqtl.train_and_evaluate(tiny(rows=((100, 4),), steps=5), str(default))
   assert eqtl_data.NOT_COVERED_TRAIN_FREQ not in json.loads(
       (default / "privacy_report.json").read_text())["not_covered"]
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"preset": "huge"}, "--preset='huge' is unknown"),
-    ({"preset": "quick", "p": 0}, "--p=0"),
-    ({"preset": "quick", "n": 1000, "p": -3}, "--p=-3"),
-    ({"preset": "quick", "delta": 1.0}, "--delta=1.0"),
-    ({"preset": "quick", "source": "vcf"}, "--source='vcf'"),
-    ({"preset": "quick", "sampling": "poisson"}, "--batch_size"),
-    ({"preset": "quick", "source": "plink_expression"}, "--gene_id"),
+@pytest.mark.parametrize("changes,message", [
+    ({"p": 0}, "--config.p=0"),
+    ({"n": 1000, "p": -3}, "--config.p=-3"),
+    ({"rows": ((2, 10),)}, "--config.n=2"),
+    ({"delta": 1.0}, "--config.delta=1.0"),
+    ({"source": "vcf"}, "--config.source='vcf'"),
+    ({"sampling": "poisson"}, "--config.batch_size"),
+    ({"source": "plink_expression"}, "--config.gene_id"),
+    ({"epsilons": ("1", "many")}, "--config.epsilons"),
 ])
-def test_bad_flags_are_named(values, message):
+def test_bad_config_fields_are_named(changes, message):
   with pytest.raises(ValueError, match=message):
-    eqtl.config_from_flags(values).validate()
+    eqtl.make_config(tiny(**changes))
 
 
-def test_flags_override_the_preset():
-  config = eqtl.config_from_flags({"preset": "paper", "n": 500, "p": 20, "target_epsilon": 2.0,
-                                   "epsilons": ["1", "inf"]})
+def test_unknown_fields_are_refused_with_the_valid_ones():
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['lr'\].*learning_rate"):
+    eqtl.make_config({**TINY.to_dict(), "lr": 0.1})
+  with pytest.raises(KeyError, match="learning_rate"):
+    tiny(lr=0.1)  # a locked ConfigDict (what --config gives) refuses it already
+
+
+def test_config_files_and_row_overrides():
+  assert len(paper.ROWS) == 27
+  assert eqtl.make_config(paper.get_config()).rows == paper.ROWS
+  assert all(p <= 100 for _, p in eqtl.make_config(paper.get_config("quick")).rows)
+  config = paper.get_config()
+  config.update(n=500, p=20, target_epsilon=2.0, epsilons=("1", "inf"))  # as a command line
+  config = eqtl.make_config(config)
   assert config.rows == ((500, 20),) and config.target_epsilon == 2.0
   assert config.epsilons == (1.0, math.inf) and config.delta == 1e-6
-  assert eqtl.config_from_flags({"preset": "paper"}).rows == eqtl.PAPER_ROWS
-  assert len(eqtl.PAPER_ROWS) == 27
-  plink = eqtl.config_from_flags({"preset": "sweep", "source": "plink_simulated"})
-  assert plink.rows == ((None, 100),)  # all samples of the file
+  swept = eqtl.make_config(sweep.get_config())
+  assert swept.epsilons == sweep.EPSILONS and swept.repeats == 3 and swept.delta == 1e-5
+  assert eqtl.make_config(sweep.get_config("quick")).repeats == 1
+  plink = sweep.get_config()
+  plink.source = "plink_simulated"
+  assert eqtl.make_config(plink).rows == ((None, 100),)  # all samples of the file
+  real = eqtl.make_config(hapmap.get_config())
+  assert real.rows == ((None, 10),) and real.num_causal == 3 and real.repeats == 20
+  assert eqtl.make_config(onek1k.get_config("G1")).gene_id == "G1"
+  with pytest.raises(ValueError, match="--config.gene_id"):
+    eqtl.make_config(onek1k.get_config())
+  with pytest.raises(ValueError, match="quick.py:huge"):
+    quick.get_config("huge")
+
+
+@pytest.mark.slow
+def test_command_line_runs_a_config_and_names_a_bad_field(tmp_path):
+  command = [sys.executable, "-m", "experiments.eqtl",
+             "--config=experiments/eqtl/configs/quick.py:tiny", f"--workdir={tmp_path}"]
+  out = subprocess.run(command + ["--config.steps=5"], capture_output=True, text=True,
+                       check=False)
+  assert out.returncode == 0, out.stderr
+  assert "| R2_DP |" in out.stdout and (tmp_path / "privacy_report.json").exists()
+  out = subprocess.run(command + ["--config.delta=2.0"], capture_output=True, text=True,
+                       check=False)
+  assert out.returncode == 1 and "eqtl: error: --config.delta=2.0" in out.stderr
+  assert "Traceback" not in out.stderr
 
 
 def test_missing_genotype_calls_pass_through_the_experiment(tmp_path, caplog):
@@ -259,14 +308,13 @@ def test_missing_genotype_calls_pass_through_the_experiment(tmp_path, caplog):
   genotypes = rng.integers(0, 3, size=(40, 6)).astype(np.float32)
   genotypes[3, 1] = np.nan
   prefix = _write_plink(tmp_path / "gaps", genotypes, [f"s{i}" for i in range(40)])
-  config = dataclasses.replace(TINY, source="plink_simulated", rows=((None, 6),),
-                               plink_prefix=str(prefix), num_causal=2, steps=10,
-                               missing="error")
+  config = tiny(source="plink_simulated", p=6, plink_prefix=str(prefix), num_causal=2,
+                steps=10, missing="error")
   with pytest.raises(ValueError, match=r"gaps\.bed.*1 missing genotype calls"):
     eqtl.train_and_evaluate(config, str(tmp_path / "refused"))
   with caplog.at_level(logging.INFO, logger="absl"):
-    result = eqtl.train_and_evaluate(dataclasses.replace(config, missing="impute"),
-                                     str(tmp_path / "imputed"))
+    config.missing = "impute"
+    result = eqtl.train_and_evaluate(config, str(tmp_path / "imputed"))
   assert "imputed 1 missing genotype calls in 1 SNPs with a public dosage" in caplog.text
   assert result["rows"][0]["N"] == 40 and math.isfinite(result["rows"][0]["R2_DP"])
   not_covered = json.loads((tmp_path / "imputed" / "privacy_report.json").read_text())[
@@ -274,8 +322,8 @@ def test_missing_genotype_calls_pass_through_the_experiment(tmp_path, caplog):
   assert eqtl_data.NOT_COVERED_MEAN_IMPUTATION not in not_covered
   assert eqtl_data.NOT_COVERED_SEMI_SYNTHETIC in not_covered
   # The data-dependent option is allowed, and the privacy report says it is not covered.
-  eqtl.train_and_evaluate(dataclasses.replace(config, missing="impute_mean"),
-                          str(tmp_path / "mean"))
+  config.missing = "impute_mean"
+  eqtl.train_and_evaluate(config, str(tmp_path / "mean"))
   assert eqtl_data.NOT_COVERED_MEAN_IMPUTATION in json.loads(
       (tmp_path / "mean" / "privacy_report.json").read_text())["not_covered"]
 
@@ -286,9 +334,8 @@ def test_mismatched_sample_ids_name_both_files(tmp_path):
   pd.DataFrame([{"#Chr": 22, "start": 1, "end": 2, "phenotype_id": "G1",
                  **{f"x{i}": float(i) for i in range(6)}}]).to_csv(expression, sep="\t",
                                                                    index=False)
-  config = dataclasses.replace(TINY, source="plink_expression", rows=((None, 3),),
-                               plink_prefix=str(prefix), expression_path=str(expression),
-                               gene_id="G1", steps=5)
+  config = tiny(source="plink_expression", p=3, plink_prefix=str(prefix),
+                expression_path=str(expression), gene_id="G1", steps=5)
   with pytest.raises(ValueError) as error:
     eqtl.train_and_evaluate(config, str(tmp_path / "out"))
   assert "geno.bed" in str(error.value) and "expr.bed" in str(error.value)

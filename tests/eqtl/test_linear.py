@@ -1,4 +1,4 @@
-"""Tests for dpjax.linear: OLS/ridge vs scikit-learn, R2, Gaussian calibration, AdaSSP."""
+"""Tests for experiments.eqtl.linear: OLS/ridge vs scikit-learn, R2, Gaussian calibration, AdaSSP."""
 
 import math
 
@@ -11,8 +11,8 @@ from scipy import stats
 from sklearn import linear_model
 from sklearn import metrics
 
-from dpjax import linear
 from dpjax import randomness
+from experiments.eqtl import linear
 
 
 def _regression(seed, n=40, p=5, noise=0.3):

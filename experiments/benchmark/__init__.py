@@ -1,0 +1,1 @@
+"""Step-time benchmark: dpjax's DP step against its non-private step and Opacus."""

@@ -1,0 +1,3 @@
+from experiments.benchmark.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The benchmark's config files, one per row of the performance table (see ../README.md)."""

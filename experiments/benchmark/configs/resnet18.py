@@ -1,0 +1,22 @@
+"""ResNet-18 with GroupNorm, batch 32 (10 steps a round), two XLA devices. BUILD_NOTES.md
+section 6, fourth row.
+
+  python -m experiments.benchmark --config=experiments/benchmark/configs/resnet18.py --workdir=runs/bench_resnet18
+
+Arguments as in cnn.py (e.g. `resnet18.py:ghost,jax`). Compilation takes about a minute per
+variant on 2 cores.
+"""
+
+from experiments.benchmark import benchmark
+
+
+def get_config(arg: str | None = None):
+  config = benchmark.default_config()
+  config.workload = "resnet18"
+  config.batch_size = 32
+  config.steps = 10
+  config.rounds = 2
+  config.compare = "opacus"
+  config.cpu_devices = "2"
+  config.data_parallel = True
+  return benchmark.apply_arg(config, arg)

@@ -1,0 +1,1 @@
+"""The eQTL study: DP linear regression (DP-SGD, AdaSSP) of gene expression on SNP genotypes."""

@@ -1,0 +1,3 @@
+from experiments.eqtl.main import main
+
+main()

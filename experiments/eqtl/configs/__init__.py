@@ -1,0 +1,1 @@
+"""The eQTL study's config files, one per preset (see ../README.md)."""
