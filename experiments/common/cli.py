@@ -22,10 +22,15 @@ from ml_collections import config_flags
 def run(study: str, train_and_evaluate: Callable, default_config: str,
         summarize: Callable[[dict], str] | None = None) -> None:
   """Defines `--config` and `--workdir` and runs `train_and_evaluate(config, workdir)`."""
-  config_flag = config_flags.DEFINE_config_file(
-      "config", default_config, f"{study} config file (experiments/{study}/configs/*.py), "
-      "optionally with an argument as in FILE:quick; override fields with --config.NAME=VALUE.",
-      lock_config=True)
+  try:  # ml_collections already reads --config.FIELD overrides here
+    config_flag = config_flags.DEFINE_config_file(
+        "config", default_config, f"{study} config file (experiments/{study}/configs/*.py), "
+        "optionally with an argument as in FILE:quick; override fields with --config.NAME=VALUE.",
+        lock_config=True)
+  except (AttributeError, KeyError) as error:
+    sys.exit(f"{study}: error: unknown config field {str(error).strip(chr(39) + chr(34))!r} "
+             f"in {[a for a in sys.argv[1:] if a.startswith('--config.')]}; see the fields of "
+             f"the config file ({default_config} by default).")
   flags.DEFINE_string("workdir", None, "Output folder; a rerun on the same folder resumes.")
 
   def main(argv):
@@ -41,7 +46,21 @@ def run(study: str, train_and_evaluate: Callable, default_config: str,
     if summarize is not None:
       print(summarize(results))
 
-  app.run(main)
+  def parse(argv):
+    # An unknown or ill-typed --config.FIELD fails inside ml_collections with a bare exception
+    # and a traceback; say which flag, and list the fields.
+    try:
+      return flags.FLAGS(argv)
+    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as error:
+      fields = ""
+      try:
+        fields = ", ".join(sorted(config_flag.value.keys()))
+      except Exception:  # pylint: disable=broad-except  (the config itself may be the problem)
+        pass
+      message = str(error).strip("'\"")
+      sys.exit(f"{study}: error: bad flag ({message})." + (f" Valid --config fields: {fields}." if fields else ""))
+
+  app.run(main, flags_parser=parse)
 
 
 def config_path(study: str, name: str) -> str:

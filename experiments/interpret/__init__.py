@@ -1,1 +1,1 @@
-"""Interpretability of (DP) classifiers."""
+"""Interpretability of DP classifiers: Grad-CAM, its metrics, certified robust attributions."""

@@ -13,8 +13,9 @@ with ||x' - x||_2 <= L it is (alpha, alpha L^2 / (2 sigma^2))-RDP for every alph
 and each holds for every alpha, so the best alpha is taken per pixel. Pixel i of the top-k set K
 of m(x) stays in the top-k of m(x') whenever fewer than k other pixels j have upper_j >= lower_i;
 the certified fraction is the share of K for which this holds. The derivation, and how it relates
-to the paper's theorem, is in BUILD_NOTES.md (interpretability section). `bound="gaussian"` uses the tight
-Neyman-Pearson bound Phi(Phi^-1(m) -+ L / sigma) of Gaussian smoothing instead (never weaker).
+to the paper's theorem, is in experiments/interpret/README.md (certified robustness).
+`bound="gaussian"` uses the tight Neyman-Pearson bound Phi(Phi^-1(m) -+ L / sigma) of Gaussian
+smoothing instead (never weaker).
 
 Monte Carlo error: m is estimated from T samples, so by default every bound is a one-sided
 Clopper-Pearson bound, Bonferroni-corrected over 2P of them (a lower and an upper bound for each
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from dpjax.interpret.gradcam import AttributionFn
+from experiments.interpret.gradcam import AttributionFn
 
 PyTree = object
 
@@ -113,7 +114,7 @@ def rdp_bounds(p, radius: float, sigma: float, alphas: Sequence[float] | None = 
 
   The two Hoelder/RDP bounds of the module docstring, at the best order alpha: in closed form
   (default; with c = log(1/p) and r = radius / (sigma sqrt 2), lower = exp(-(sqrt c + r)^2) and
-  upper = exp(-(sqrt c - r)^2) if c > r^2, else 1; derived in BUILD_NOTES.md (interpretability section)), or the best
+  upper = exp(-(sqrt c - r)^2) if c > r^2, else 1; derived in experiments/interpret/README.md (certified robustness)), or the best
   over the given finite `alphas`.
   """
   p = np.clip(np.asarray(p, np.float64), 0.0, 1.0)

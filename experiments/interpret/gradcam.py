@@ -81,7 +81,7 @@ def _logits_and_layer_grad(model: nn.Module, params: PyTree, images: jnp.ndarray
     if len(captured) != 1:
       raise ValueError(f"layer {layer!r} was called {len(captured)} times in "
                        f"{type(model).__name__}; Grad-CAM needs a layer called exactly once. "
-                       "List the candidates with dpjax.interpret.gradcam.layer_names.")
+                       "List the candidates with experiments.interpret.gradcam.layer_names.")
     return logits, captured[0]
 
   _, shape_out = jax.eval_shape(lambda: forward(None))

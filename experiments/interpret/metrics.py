@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpjax.interpret import gradcam
+from experiments.interpret import gradcam
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dpjax.interpret import certified
+from experiments.interpret import certified
 
 
 def test_rdp_bounds_are_valid_and_never_tighter_than_neyman_pearson():
@@ -131,7 +131,8 @@ def test_fraction_does_not_grow_with_radius_and_gaussian_bound_certifies_more():
 
 
 def test_rdp_bounds_match_their_closed_form_optimum():
-  # Optimising alpha analytically (BUILD_NOTES.md (interpretability section)): with c = log(1/p), r = L / (sigma sqrt 2),
+  # Optimising alpha analytically (experiments/interpret/README.md, derivation step 3): with
+  # c = log(1/p), r = L / (sigma sqrt 2),
   # lower = exp(-(sqrt c + r)^2), upper = exp(-(sqrt c - r)^2) if c > r^2 else 1.
   p = np.array([1e-4, 0.01, 0.3, 0.7, 0.95])
   radius, sigma = 0.2, 0.5

@@ -1,23 +1,37 @@
-"""experiments.interpret end to end on a tiny config: the tables' content, not just the files."""
+"""experiments.interpret end to end on a tiny config (the tables' content, not just the files),
+its config files, and how a bad config value is named."""
 
-import dataclasses
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from experiments import interpret
+from dpjax import accounting
+from experiments.interpret import experiment
+from experiments.interpret import settings
+from experiments.interpret.configs import catsdogs, medical, quick, tiny
 
 INF = math.inf
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _tiny(**overrides):
+  config = tiny.get_config()
+  config.model_kwargs.channels = (4,)
+  config.max_per_class = 10
+  config.epochs = 0.5
+  config.update(overrides)
+  return config
+
+
+@pytest.mark.slow
 def test_tiny_run_writes_consistent_tables(tmp_path):
-  config = dataclasses.replace(
-      interpret.PRESETS["tiny"], model_kwargs=(("channels", (4,)),), max_per_class=10,
-      epochs=0.5, clip_norms=(), ldp_epsilons=(), certify_radii=(0.0, 0.01, 0.05))
-  results = interpret.train_and_evaluate(config, str(tmp_path))
+  config = _tiny(clip_norms=(), ldp_epsilons=(), certify_radii=(0.0, 0.01, 0.05))
+  results = experiment.train_and_evaluate(config, str(tmp_path))
 
   for mechanism in ("gaussian", "laplace"):
     rows = results["tables"][mechanism]
@@ -71,17 +85,16 @@ def test_tiny_run_writes_consistent_tables(tmp_path):
   assert (tmp_path / "models" / "gaussian_eps1" / "private" / "diagnostics.json").exists()
 
   # A second run reloads the finished models (no training) and gives the same numbers.
-  again = interpret.train_and_evaluate(dataclasses.replace(config, laplace_accounting="pure",
-                                                           epsilons=(1.0,)), str(tmp_path))
+  config.epsilons = (1.0,)
+  again = experiment.train_and_evaluate(config, str(tmp_path))
   assert again["tables"]["gaussian"]["1"] == results["tables"]["gaussian"]["1"]
 
 
+@pytest.mark.slow
 def test_local_dp_models_are_released_with_their_label_guarantee(tmp_path):
-  config = dataclasses.replace(
-      interpret.PRESETS["tiny"], model_kwargs=(("channels", (4,)),), max_per_class=10,
-      epochs=0.5, epsilons=(INF,), clip_norms=(), ldp_epsilons=(1.0,), num_explain=4,
-      certify_radii=(0.0,), reproducible_private_randomness=True)
-  interpret.train_and_evaluate(config, str(tmp_path))
+  config = _tiny(epsilons=(INF,), clip_norms=(), ldp_epsilons=(1.0,), num_explain=4,
+                 certify_radii=(0.0,), reproducible_private_randomness=True)
+  experiment.train_and_evaluate(config, str(tmp_path))
   privacy = json.loads((tmp_path / "privacy_report.json").read_text())
   local = next(r for r in privacy["releases"] if r["name"] == "ldp_eps1")
   assert local["epsilon"] == pytest.approx(64.0) and "global_vs_local.md" in local["files"]
@@ -93,15 +106,53 @@ def test_local_dp_models_are_released_with_their_label_guarantee(tmp_path):
 
 
 def test_bad_config_is_named():
-  with pytest.raises(ValueError, match="laplace_accounting"):
-    dataclasses.replace(interpret.PRESETS["tiny"], laplace_accounting="zcdp")
-  with pytest.raises(ValueError, match="smoothing_sigma"):
-    dataclasses.replace(interpret.PRESETS["tiny"], smoothing_sigma=0.0)
+  for field, value in (("laplace_accounting", "zcdp"), ("smoothing_sigma", 0.0),
+                       ("epsilons", ("(1.0, inf)",)), ("cost_samples", (8.5,)),
+                       ("cpu_devices", "two")):
+    config = tiny.get_config()
+    config[field] = value
+    with pytest.raises(ValueError, match=f"--config.{field}="):
+      settings.from_config_dict(config)
+  with pytest.raises(ValueError, match="unknown config field.*valid: dataset"):
+    settings.from_config_dict({"dataset": "digits", "lr": 0.1})
+
+
+def test_config_files_are_the_old_presets():
+  assert settings.from_config_dict(quick.get_config()) == settings.Config()
+  assert settings.from_config_dict(medical.get_config()) == settings.Config(
+      epochs=10.0, num_explain=256, num_robust=16, num_samples=2048, num_grid=3)
+  assert settings.from_config_dict(catsdogs.get_config()) == settings.Config(
+      dataset="catsdogs", model="vgg16", model_kwargs=(), epochs=10.0, learning_rate=0.05,
+      batch_size=32, num_explain=256, num_robust=8, num_samples=512)
+  assert settings.from_config_dict(tiny.get_config()) == settings.Config(
+      dataset="digits", model_kwargs=(("channels", (4, 8)),), max_per_class=20, epochs=1.0,
+      epsilons=(1.0, INF), clip_norms=(1.0,), ldp_epsilons=(1.0,), num_explain=8, num_grid=1,
+      robust_epsilons=(INF,), num_robust=1, num_samples=16, attack_steps=2, eot_samples=1,
+      cost_samples=(8,), certify_radii=(0.0, 0.01))
+  # `:tiny` shrinks the numbers of any preset and keeps its data and model.
+  shrunk = settings.from_config_dict(medical.get_config("tiny"))
+  assert shrunk.dataset == "pneumoniamnist" and shrunk.num_samples == 16
+  assert settings.from_config_dict(catsdogs.get_config("tiny")).model_kwargs == ()
+  with pytest.raises(ValueError, match="valid: tiny"):
+    quick.get_config("huge")
+  # An infinite epsilon may be written 'inf'.
+  config = tiny.get_config()
+  config.epsilons = (1.0, "inf")
+  assert settings.from_config_dict(config).epsilons == (1.0, INF)
+
+
+def test_command_line_names_a_bad_value(tmp_path):
+  run = subprocess.run(
+      [sys.executable, "-m", "experiments.interpret",
+       "--config=experiments/interpret/configs/tiny.py", f"--workdir={tmp_path}",
+       "--config.smoothing_sigma=-1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 1
+  assert "interpret: error: --config.smoothing_sigma=-1.0: must be > 0" in run.stderr
+  assert "Traceback" not in run.stderr
 
 
 def test_pure_laplace_calibration_inverts_the_accountant():
-  from dpjax import accounting
-  noise = interpret.laplace_pure_noise_multiplier(1.0, 50, 0.1)
+  noise = experiment.laplace_pure_noise_multiplier(1.0, 50, 0.1)
   phase = accounting.PrivacyPhase(noise_multiplier=noise, dataset_size=1000, batch_size=100,
                                   sampling="poisson", mechanism="laplace", steps=50)
   assert accounting.pure_epsilon([phase]) == pytest.approx(1.0, rel=1e-9)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpjax.interpret import gradcam
+from experiments.interpret import gradcam
 from dpjax.models import registry, resnet
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpjax.interpret import metrics
+from experiments.interpret import metrics
 
 
 def test_drop_increase_and_masked_score_by_hand():

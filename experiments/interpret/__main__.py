@@ -1,0 +1,3 @@
+from experiments.interpret.main import main
+
+main()
