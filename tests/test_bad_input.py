@@ -14,18 +14,25 @@ import pytest
 from dpjax import checkpoint
 from dpjax import clipping
 from dpjax import engine
+from dpjax import report
 from dpjax import sampling
 from dpjax import train
 from dpjax.data import paths
 from dpjax.data import validate
 from dpjax.models import registry
-from experiments import train_small
+from experiments.audit import experiment as audit_experiment
+from experiments.audit.configs import tiny as audit_tiny
+from experiments.train_small import experiment as train_small
+from experiments.train_small.configs import default as train_small_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def small(**overrides):
-  return train_small.Config(**{"num_steps": 2, "checkpoint_every": 1, **overrides})
+  """train_small's config file, overridden as --config.<field>=<value> would."""
+  config = train_small_config.get_config()
+  config.update({"num_steps": 2, "checkpoint_every": 1, **overrides})
+  return config
 
 
 def save_npz(path, **arrays):
@@ -53,7 +60,7 @@ def test_feature_shape_mismatch_names_both_shapes():
 
 def test_wrong_shapes_in_an_npz_file_reach_the_user(tmp_path):
   path = save_npz(tmp_path / "d.npz", x=np.zeros((20, 4), np.float32), y=np.zeros(19, np.int32))
-  with pytest.raises(ValueError, match=r"--data=.*d.npz: 20 feature rows but 19 labels"):
+  with pytest.raises(ValueError, match=r"--config.data=.*d.npz: 20 feature rows but 19 labels"):
     train_small.train_and_evaluate(small(data=path), str(tmp_path / "w"))
 
 
@@ -102,7 +109,8 @@ def test_empty_dataset(tmp_path):
 
 def test_dataset_smaller_than_the_batch(tmp_path):
   path = save_npz(tmp_path / "tiny.npz", x=np.zeros((10, 3), np.float32), y=np.arange(10) % 2)
-  with pytest.raises(ValueError, match=r"--batch_size=64 is larger than the dataset \(10 examples"):
+  with pytest.raises(ValueError,
+                     match=r"--config.batch_size=64 is larger than the dataset \(10 examples"):
     train_small.train_and_evaluate(small(data=path), str(tmp_path / "w"))
   with pytest.raises(ValueError, match="batch_size=64 must be between 1 and the dataset size 10"):
     sampling.BatchSampler(10, 64)
@@ -116,22 +124,27 @@ def train_small_state(model="linear"):
   return train.init_state(params, optax.sgd(0.5, momentum=0.9), jax.random.PRNGKey(0))
 
 
+def private(workdir):
+  """Where the engine keeps (and resumes from) a run's checkpoint: `<workdir>/private/`."""
+  return pathlib.Path(report.private_dir(str(workdir)))
+
+
 def test_truncated_checkpoint_is_refused_with_its_path(tmp_path):
-  checkpoint.save(str(tmp_path), train_small_state(), {"ledger": {"phases": []}})
-  file = tmp_path / checkpoint.FILENAME
+  checkpoint.save(str(private(tmp_path)), train_small_state(), {"ledger": {"phases": []}})
+  file = private(tmp_path) / checkpoint.FILENAME
   file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
   with pytest.raises(ValueError, match=rf"checkpoint {file} is unreadable .* move it away"):
     train_small.train_and_evaluate(small(), str(tmp_path))
 
 
 def test_garbage_checkpoint_is_refused(tmp_path):
-  (tmp_path / checkpoint.FILENAME).write_bytes(b"not a checkpoint at all")
+  (private(tmp_path) / checkpoint.FILENAME).write_bytes(b"not a checkpoint at all")
   with pytest.raises(ValueError, match="is unreadable or does not match this model"):
     train_small.train_and_evaluate(small(), str(tmp_path))
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
-  checkpoint.save(str(tmp_path), train_small_state("mlp"), {"ledger": {"phases": []}})
+  checkpoint.save(str(private(tmp_path)), train_small_state("mlp"), {"ledger": {"phases": []}})
   with pytest.raises(ValueError, match="does not match this model"):
     train_small.train_and_evaluate(small(model="linear"), str(tmp_path))
 
@@ -154,7 +167,8 @@ def test_missing_data_file_and_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.npz does not exist"):
     train_small.train_and_evaluate(small(data=str(tmp_path / "nope.npz")), str(tmp_path / "w"))
   missing_dir = tmp_path / "no_such_dir"
-  with pytest.raises(FileNotFoundError, match=rf"--data_dir={missing_dir} is not a directory"):
+  with pytest.raises(FileNotFoundError,
+                     match=rf"--config.data_dir={missing_dir} is not a directory"):
     train_small.train_and_evaluate(small(data="d.npz", data_dir=str(missing_dir)), str(tmp_path / "w"))
   with pytest.raises(FileNotFoundError, match="pass --data_dir=DIR or set DPJAX_DATA_DIR"):
     paths.require_data_dir(None, "a loader")
@@ -169,12 +183,12 @@ def test_missing_data_file_and_directory(tmp_path):
     ("checkpoint_every", 0), ("max_epsilon", -1.0), ("learning_rate", float("nan")),
 ])
 def test_zero_or_negative_hyperparameters_name_the_flag(flag, value, tmp_path):
-  with pytest.raises(ValueError, match=rf"--{flag}={value}"):
+  with pytest.raises(ValueError, match=rf"--config.{flag}={value}"):
     train_small.train_and_evaluate(small(**{flag: value}), str(tmp_path))
 
 
 def test_delta_outside_zero_one(tmp_path):
-  with pytest.raises(ValueError, match=r"--delta=1.5 must be in \(0, 1\)"):
+  with pytest.raises(ValueError, match=r"--config.delta=1.5 must be in \(0, 1\)"):
     train_small.train_and_evaluate(small(delta=1.5), str(tmp_path))
 
 
@@ -195,21 +209,26 @@ def test_delta_at_least_one_over_n_warns(tmp_path, caplog):
 
 
 def test_unknown_model_name_lists_the_valid_ones(tmp_path):
-  with pytest.raises(ValueError, match=r"--model='resnet9000' is unknown; valid: linear, mlp"):
+  with pytest.raises(ValueError,
+                     match=r"--config.model='resnet9000' is unknown; valid: linear, mlp"):
     train_small.train_and_evaluate(small(model="resnet9000"), str(tmp_path))
   with pytest.raises(ValueError, match="unknown model 'resnet9000'; valid: "):
     registry.build_model("resnet9000", 10)
 
 
-def test_unknown_preset_name_lists_the_valid_ones():
-  from experiments import audit as audit_experiment  # pylint: disable=import-outside-toplevel
-  with pytest.raises(ValueError, match=r"--preset='huge' is unknown; valid: full, quick, tiny"):
-    audit_experiment.make_config("huge")
+def test_unknown_config_field_lists_the_valid_ones(tmp_path):
+  with pytest.raises(ValueError, match=r"unknown: \['preset'\].*fields are target_epsilons, "):
+    audit_experiment.train_and_evaluate({**audit_tiny.get_config().to_dict(), "preset": "huge"},
+                                        str(tmp_path))
+  with pytest.raises(ValueError, match=r"unknown: \['lr'\].*fields are num_steps, "):
+    train_small.train_and_evaluate({**small().to_dict(), "lr": 0.1}, str(tmp_path))
 
 
 @pytest.mark.parametrize("module, flag, message", [
-    ("train_small", "--learning_rate=-1",
-     "train_small: error: --learning_rate=-1.0 must be a finite number > 0."),
+    ("train_small", "--config.learning_rate=-1",
+     "train_small: error: --config.learning_rate=-1.0 must be a finite number > 0."),
+    ("audit", "--config.num_models=2",
+     "audit: error: --config.num_models=2 must be >= 3 (target + shadows)."),
     ("classify", "--cpu_devices=two",
      "--cpu_devices='two': expected a whole number >= 0 or 'auto'."),
 ])

@@ -1,4 +1,4 @@
-"""`python -m experiments.audit` end to end on its tiny preset."""
+"""`python -m experiments.audit` end to end on its tiny config, its figures and its config."""
 
 import json
 import math
@@ -7,19 +7,33 @@ import numpy as np
 import pytest
 
 from dpjax import accounting
-from dpjax import audit
-from experiments import audit as audit_experiment
+from dpjax import auditing
+from experiments.audit import experiment
+from experiments.audit import figures
+from experiments.audit.configs import full
+from experiments.audit.configs import quick
+from experiments.audit.configs import tiny
+from experiments.common import outputs as outputs_lib
+
+
+def tiny_config(**overrides) -> experiment.Config:
+  config = tiny.get_config()
+  config.update(overrides)
+  return experiment.Config.from_config(config)
 
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("audit")
-  # The broken no-clip run is covered by tests/test_audit.py; each run costs a compile here.
-  config = audit_experiment.make_config("tiny", epsilons=(1.0,), include_no_clip=False)
-  results = audit_experiment.train_and_evaluate(config, str(workdir))
-  return config, workdir, results
+  # The broken no-clip run is covered by test_canary.py; each run costs a compile here.
+  config = tiny.get_config()
+  config.target_epsilons = (1.0,)
+  config.include_no_clip = False
+  results = experiment.train_and_evaluate(config, str(workdir))
+  return experiment.Config.from_config(config), workdir, results
 
 
+@pytest.mark.slow
 def test_results_cover_every_setting_with_consistent_numbers(outputs):
   config, workdir, results = outputs
   on_disk = json.loads((workdir / "results.json").read_text())
@@ -32,7 +46,8 @@ def test_results_cover_every_setting_with_consistent_numbers(outputs):
       assert 0 <= metrics["auc"] <= 1 and 0 <= metrics["tpr_at_fpr_0.001"] <= metrics["tpr_at_fpr_0.01"] <= 1
       assert metrics["num_members"] == config.num_models * config.mia_examples // 2
   assert "canary" not in rows["nonprivate"]
-  assert math.isinf(rows["nonprivate"]["membership_inference"]["accountant_epsilon"])
+  # Non-finite floats are written as strings ("inf"), so that results.json is valid JSON.
+  assert math.isinf(float(rows["nonprivate"]["membership_inference"]["accountant_epsilon"]))
 
   canary = rows["eps=1"]["canary"]
   assert canary["num_canaries"] == config.num_canaries and canary["num_steps"] == config.canary_steps
@@ -46,17 +61,19 @@ def test_results_cover_every_setting_with_consistent_numbers(outputs):
   assert rows["eps=1"]["membership_inference"]["noise_multiplier"] > 0
 
 
+@pytest.mark.slow
 def test_markdown_table_has_a_row_per_setting(outputs):
   _, workdir, _ = outputs
   table = (workdir / "results.md").read_text().splitlines()
   assert len(table) == 2 + 2
   assert table[2].startswith("| nonprivate | inf |") and table[3].startswith("| eps=1 | 0.99")
-  assert json.loads((workdir / "config.json").read_text())["epsilons"] == [1.0]
+  assert json.loads((workdir / "config.json").read_text())["target_epsilons"] == [1.0]
 
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_figures_are_pngs_beside_the_tables_and_named_in_results(outputs):
   _, workdir, results = outputs
   names = ["roc_curves.png", "epsilon_lower_bound.png"]
@@ -67,6 +84,7 @@ def test_figures_are_pngs_beside_the_tables_and_named_in_results(outputs):
     assert data[:8] == PNG_HEADER and len(data) > 5000
 
 
+@pytest.mark.slow
 def test_results_json_holds_no_per_example_membership_scores(outputs):
   config, workdir, _ = outputs
   def longest_list(value):
@@ -91,6 +109,7 @@ def all_keys(value) -> set:
   return set()
 
 
+@pytest.mark.slow
 def test_results_hold_no_unnoised_training_statistic(outputs):
   _, workdir, results = outputs
   for name in ("results.json", "config.json"):
@@ -105,6 +124,7 @@ def test_results_hold_no_unnoised_training_statistic(outputs):
   assert all(0 <= entry["train_accuracy"] <= 1 for entry in shadows.values())
 
 
+@pytest.mark.slow
 def test_privacy_report_names_every_audited_training_and_the_released_files(outputs):
   config, workdir, results = outputs
   report = json.loads((workdir / "privacy_report.json").read_text())
@@ -128,13 +148,14 @@ def test_privacy_report_names_every_audited_training_and_the_released_files(outp
   assert json.loads((workdir / "config.json").read_text())["reproducible_private_randomness"] is False
 
 
+@pytest.mark.slow
 def test_the_studys_canary_audit_fires_on_its_planted_bug_and_not_on_correct_dp_sgd():
   """Both directions on one tiny config claiming epsilon 1: a correct run stays at or below
   the claim, the no-clip run (noise calibrated to clip norm 1, clipping at 1e6) exceeds it.
   100 steps so that nearly every included canary is sampled at least once."""
-  config = audit_experiment.make_config("tiny", canary_steps=100)
-  correct = audit_experiment.run_canary_audit(config, 1.0, "none", "eps=1")
-  broken = audit_experiment.run_canary_audit(config, 1.0, "no_clip", "no_clip")
+  config = tiny_config(canary_steps=100)
+  correct = experiment.run_canary_audit(config, 1.0, "none", "eps=1")
+  broken = experiment.run_canary_audit(config, 1.0, "no_clip", "no_clip")
   for result in (correct, broken):
     assert result["accountant_epsilon"] == pytest.approx(1.0, rel=0.03)
   assert correct["epsilon_lower_bound"] <= correct["accountant_epsilon"]
@@ -147,9 +168,9 @@ def test_roc_figure_is_log_log_with_the_diagonal_and_zeros_floored():
   rng = np.random.default_rng(0)
   is_member = rng.random(200) < 0.5
   scores = rng.normal(size=200) + is_member
-  fpr, tpr = audit.roc_curve(scores, is_member)
+  fpr, tpr = auditing.roc_curve(scores, is_member)
   floor = 1 / 200
-  figure = audit_experiment.roc_figure(
+  figure = figures.roc_figure(
       {"a": [("loss", fpr, tpr)], "b": [("loss", fpr, tpr), ("lira", fpr, tpr ** 2)]}, floor)
   axes = figure.axes
   assert len(axes) == 2
@@ -163,11 +184,11 @@ def test_roc_figure_is_log_log_with_the_diagonal_and_zeros_floored():
     for line in curves:  # the zeros of fpr and tpr sit on the floor, inside the log axes
       assert np.min(line.get_xdata()) == floor and np.min(line.get_ydata()) == floor
   assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["random guess", "loss", "lira"]
-  audit_experiment._pyplot().close(figure)  # pylint: disable=protected-access
+  outputs_lib.pyplot().close(figure)
 
 
 def test_epsilon_figure_has_the_claim_line_and_draws_an_infinite_bound_on_top(tmp_path):
-  figure = audit_experiment.epsilon_figure(
+  figure = figures.epsilon_figure(
       ["eps=1", "eps=4", "no_clip"], np.array([1.0, 4.0, 1.0]), np.array([0.0, 0.5, np.inf]),
       np.array([False, False, True]), 0.95)
   axis = figure.axes[0]
@@ -179,20 +200,48 @@ def test_epsilon_figure_has_the_claim_line_and_draws_an_infinite_bound_on_top(tm
   np.testing.assert_allclose(correct.get_offsets(), [[1.0, 0.0], [4.0, 0.5]])
   np.testing.assert_allclose(bug.get_offsets(), [[1.0, top]])
   assert "no_clip: inf" in [t.get_text() for t in axis.texts]
-  name = audit_experiment._save(figure, str(tmp_path), "eps.png")  # pylint: disable=protected-access
+  name = figures.save(figure, str(tmp_path), "eps.png")
   assert (tmp_path / name).read_bytes()[:8] == PNG_HEADER
 
 
 def test_reproducible_private_randomness_hides_the_seed_in_the_released_config():
-  config = audit_experiment.make_config("tiny", seed=7, reproducible_private_randomness=True)
+  config = tiny_config(seed=7, reproducible_private_randomness=True)
   assert config.randomness().secret_seed == 7
   public = config.public_dict()
   assert public["seed"] != 7 and public["reproducible_private_randomness"] is True
-  assert audit_experiment.make_config("tiny", seed=7).randomness().secure
+  assert tiny_config(seed=7).randomness().secure
 
 
-def test_bad_config_values_name_the_flag():
-  with pytest.raises(ValueError, match=r"--num_models=2 must be >= 3"):
-    audit_experiment.make_config("tiny", num_models=2)
-  with pytest.raises(ValueError, match=r"--epsilons\[0\]=-1"):
-    audit_experiment.make_config("tiny", epsilons=(-1.0,))
+def test_bad_config_values_name_the_field():
+  with pytest.raises(ValueError, match=r"--config.num_models=2 must be >= 3"):
+    tiny_config(num_models=2)
+  with pytest.raises(ValueError, match=r"--config.target_epsilons\[0\]=-1"):
+    tiny_config(target_epsilons=(-1.0,))
+  with pytest.raises(ValueError, match=r"--config.mia_examples=5000: digits has only 1797"):
+    tiny_config(mia_examples=5000)
+  with pytest.raises(ValueError, match=r"--config.accountant='moments' is unknown; valid: "):
+    tiny_config(accountant="moments")
+
+
+def test_unknown_or_missing_fields_are_refused_with_the_valid_ones():
+  values = tiny.get_config().to_dict()
+  with pytest.raises(ValueError, match=r"unknown: \['epsilons'\].*fields are target_epsilons, "):
+    experiment.Config.from_config({**values, "epsilons": (1.0,)})
+  del values["num_models"]
+  with pytest.raises(ValueError, match=r"missing: \['num_models'\]"):
+    experiment.Config.from_config(values)
+  with pytest.raises(AttributeError):  # the config files are locked by the command line
+    tiny.get_config().lock().epsilons = (1.0,)
+
+
+@pytest.mark.parametrize("config_file", [quick, tiny, full])
+def test_every_config_file_makes_a_valid_config(config_file):
+  experiment.Config.from_config(config_file.get_config())
+
+
+@pytest.mark.parametrize("config_file", [quick, full])
+def test_the_tiny_argument_shrinks_a_config_to_the_tiny_sizes(config_file):
+  shrunk, small = config_file.get_config("tiny"), tiny.get_config()
+  assert shrunk.to_dict() == small.to_dict()
+  with pytest.raises(ValueError, match="unknown argument; valid: tiny"):
+    config_file.get_config("huge")

@@ -1,14 +1,12 @@
 """A small, fast DP-SGD run for reliability checks: kill and resume, privacy changes, budgets.
 
-  python -m experiments.train_small --workdir=/tmp/small --num_steps=200 --checkpoint_every=20
-
 Trains softmax regression (or a small MLP) on scikit-learn's embedded digits (or an .npz file with
 arrays `x` (N, features) and `y` (N,)) with `dpjax.engine.train`: Poisson batches, the privacy
-ledger, atomic checkpoints and resume from `--workdir`.
+ledger, atomic checkpoints and resume from the workdir.
 
 Batches and noise come from the OS CSPRNG: a resumed run keeps its ledger (every step counted
-once) but is not bit-identical to an uninterrupted one. `--reproducible_private_randomness`
-derives them from `--seed` instead (then a secret: hidden in config.json, kept in
+once) but is not bit-identical to an uninterrupted one. `reproducible_private_randomness`
+derives them from `seed` instead (then a secret: hidden in config.json, kept in
 private/secret_seed.json), and a killed-and-resumed run then matches an uninterrupted one bit
 for bit.
 
@@ -25,60 +23,72 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
+from typing import Any, Mapping
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from dpjax import accounting
-from dpjax import audit
 from dpjax import clipping
 from dpjax import engine
 from dpjax import randomness as randomness_lib
 from dpjax import report
 from dpjax import sampling
 from dpjax import train
-from dpjax.data import paths
 from dpjax.data import validate
+from experiments.audit import digits
+from experiments.common import outputs
 
 MODELS = ("linear", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  num_steps: int = 200
-  checkpoint_every: int = 20
-  noise_multiplier: float = 1.0
-  clip_norm: float = 1.0
-  batch_size: int = 64
-  learning_rate: float = 0.5
-  delta: float = 1e-5
-  accountant: str = "rdp"
-  max_epsilon: float | None = None
-  allow_privacy_change: bool = False
-  model: str = "linear"
-  data: str = "digits"  # "digits" or an .npz path (relative paths are under data_dir)
-  data_dir: str | None = None
-  seed: int = 0  # initialisation; also the secret of batches and noise with the flag below
-  reproducible_private_randomness: bool = False
-  sleep_per_step: float = 0.0  # tests only: slows the loop so a kill lands mid-run
+  """The run's settings; their values are in experiments/train_small/configs/default.py."""
+  num_steps: int
+  checkpoint_every: int
+  noise_multiplier: float
+  clip_norm: float
+  batch_size: int
+  learning_rate: float
+  delta: float
+  accountant: str
+  max_epsilon: float | None
+  allow_privacy_change: bool
+  model: str
+  data: str  # "digits" or an .npz path (relative paths are under data_dir)
+  data_dir: str | None
+  seed: int  # initialisation; also the secret of batches and noise with the flag below
+  reproducible_private_randomness: bool
+  sleep_per_step: float  # tests only: slows the loop so a kill lands mid-run
 
-  def validate(self) -> None:
-    validate.check_positive(num_steps=self.num_steps, checkpoint_every=self.checkpoint_every,
-                            clip_norm=self.clip_norm, batch_size=self.batch_size,
-                            learning_rate=self.learning_rate, max_epsilon=self.max_epsilon)
-    validate.check_nonnegative(noise_multiplier=self.noise_multiplier,
-                               sleep_per_step=self.sleep_per_step)
+  def __post_init__(self):
+    validate.check_positive(**_flags(
+        num_steps=self.num_steps, checkpoint_every=self.checkpoint_every,
+        clip_norm=self.clip_norm, batch_size=self.batch_size, learning_rate=self.learning_rate,
+        max_epsilon=self.max_epsilon))
+    validate.check_nonnegative(**_flags(noise_multiplier=self.noise_multiplier,
+                                        sleep_per_step=self.sleep_per_step))
     if not 0 < self.delta < 1:
-      raise ValueError(f"--delta={self.delta} must be in (0, 1).")
-    validate.check_choice("model", self.model, MODELS)
-    validate.check_choice("accountant", self.accountant, accounting.ACCOUNTANTS)
+      raise ValueError(f"--config.delta={self.delta} must be in (0, 1).")
+    validate.check_choice("config.model", self.model, MODELS)
+    validate.check_choice("config.accountant", self.accountant, accounting.ACCOUNTANTS)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> Config:
+    """The dataclass of a config file's ConfigDict; unknown or missing fields are refused."""
+    values = dict(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
+    names = [field.name for field in dataclasses.fields(cls)]
+    unknown, missing = sorted(set(values) - set(names)), sorted(set(names) - set(values))
+    if unknown or missing:
+      raise ValueError(f"config fields unknown: {unknown}, missing: {missing}; the fields are "
+                       f"{', '.join(names)}.")
+    return cls(**values)
 
   def randomness(self) -> randomness_lib.PrivateRandomness:
     return randomness_lib.from_flag(self.reproducible_private_randomness, self.seed)
@@ -86,6 +96,11 @@ class Config:
   def public_dict(self) -> dict:
     """The config fit for the released config.json: the seed hidden when it keys the noise."""
     return randomness_lib.redact(dataclasses.asdict(self), self.randomness())
+
+
+def _flags(**values) -> dict:
+  """Names as the command line spells them, for `validate`'s messages: `--config.<field>=`."""
+  return {f"config.{name}": value for name, value in values.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,32 +115,35 @@ class SlowSampler(sampling.BatchSampler):
 
 def load_data(config: Config) -> tuple[np.ndarray, np.ndarray]:
   if config.data == "digits":
-    x, y = audit.digits_features()
+    x, y = digits.digits_features()
   else:
     path = config.data
     if config.data_dir is not None:
-      data_dir = paths.require_data_dir(config.data_dir, "train_small --data")
+      data_dir = os.path.expanduser(config.data_dir)
+      if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--config.data_dir={config.data_dir} is not a directory (for a "
+                                "relative --config.data); pass an existing folder.")
       path = os.path.join(data_dir, path)
     x, y = validate.load_npz_arrays(path)
-  validate.check_classification_data(x, y, name=f"--data={config.data}")
+  validate.check_classification_data(x, y, name=f"--config.data={config.data}")
   return x.astype(np.float32).reshape(len(x), -1), y.astype(np.int32)
 
 
 def init_params(model: str, num_features: int, num_classes: int, key: jax.Array):
   if model == "linear":
     return {"w": jnp.zeros((num_features, num_classes)), "b": jnp.zeros(num_classes)}
-  return audit.init_mlp(key, num_features, 32, num_classes)
+  return digits.init_mlp(key, num_features, 32, num_classes)
 
 
 def logits(params, x):
   if "w" in params:
     return x @ params["w"] + params["b"]
-  return audit.mlp_logits(params, x)
+  return digits.mlp_logits(params, x)
 
 
 def loss_fn(params, example):
   x, y = example
-  return audit.cross_entropy(logits(params, x), y)
+  return digits.cross_entropy(logits(params, x), y)
 
 
 def params_digest(params) -> str:
@@ -146,23 +164,19 @@ NOT_COVERED = (
 )
 
 
-def _write_json(path: str, value) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
-
-
-def train_and_evaluate(config: Config, workdir: str) -> dict:
-  config.validate()
+def train_and_evaluate(config: ml_collections.ConfigDict | Config, workdir: str) -> dict:
+  """Trains (or resumes from `workdir`'s checkpoint) and writes the released and private files."""
+  if not isinstance(config, Config):
+    config = Config.from_config(config)
   x, y = load_data(config)
   num_classes = int(y.max()) + 1
   if config.batch_size > len(x):
-    raise ValueError(f"--batch_size={config.batch_size} is larger than the dataset "
-                     f"({len(x)} examples from --data={config.data}); lower it or add data.")
+    raise ValueError(f"--config.batch_size={config.batch_size} is larger than the dataset "
+                     f"({len(x)} examples from --config.data={config.data}); lower it or add "
+                     "data.")
   os.makedirs(workdir, exist_ok=True)
   randomness = config.randomness()
-  _write_json(os.path.join(workdir, "config.json"), config.public_dict())
+  outputs.write_json(os.path.join(workdir, "config.json"), config.public_dict())
   report.save_secret_seed(workdir, randomness)
 
   sampler = SlowSampler(len(x), config.batch_size, "poisson", sleep_per_step=config.sleep_per_step)
@@ -188,60 +202,14 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       "ledger": result.ledger.to_dict(),
       "params_sha256": params_digest(final),
   }
-  _write_json(os.path.join(workdir, "results.json"), results)
-  _write_json(os.path.join(report.private_dir(workdir), DIAGNOSTICS), {
+  outputs.write_json(os.path.join(workdir, "results.json"), results)
+  outputs.write_json(os.path.join(report.private_dir(workdir), DIAGNOSTICS), {
       "train_accuracy": float(jnp.mean(jnp.argmax(logits(final, x), -1) == y)),
       "last_logged_step": result.private_history[-1] if result.private_history else None})
   release = result.release("trained parameters", list(RELEASED), config.delta, config.accountant)
   report.write_privacy_report(workdir, [release], randomness, not_covered=NOT_COVERED)
   if result.stopped_by_budget:
-    logging.warning("stopped at step %d of %d: --max_epsilon=%g reached (epsilon=%.4f).",
+    logging.warning("stopped at step %d of %d: --config.max_epsilon=%g reached (epsilon=%.4f).",
                     results["steps"], config.num_steps, config.max_epsilon, results["epsilon"])
   logging.info("done: %s", json.dumps({k: v for k, v in results.items() if k != "ledger"}))
   return results
-
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """Defined on demand, so tests can import several entry points into one process."""
-  flags.DEFINE_string("workdir", None, "Output directory; an existing checkpoint there is resumed.")
-  flags.DEFINE_integer("num_steps", Config.num_steps, "Total DP-SGD steps.")
-  flags.DEFINE_integer("checkpoint_every", Config.checkpoint_every, "Steps between checkpoints.")
-  flags.DEFINE_float("noise_multiplier", Config.noise_multiplier, "Noise std / clip norm.")
-  flags.DEFINE_float("clip_norm", Config.clip_norm, "Per-example l2 clip norm.")
-  flags.DEFINE_integer("batch_size", Config.batch_size, "Expected Poisson batch size.")
-  flags.DEFINE_float("learning_rate", Config.learning_rate, "SGD (momentum 0.9) learning rate.")
-  flags.DEFINE_float("delta", Config.delta, "Target delta.")
-  flags.DEFINE_string("accountant", Config.accountant, "rdp or pld.")
-  flags.DEFINE_float("max_epsilon", None, "Stop before the step that would exceed this epsilon.")
-  flags.DEFINE_bool("allow_privacy_change", False,
-                    "Resume with different privacy parameters; the ledger composes both phases.")
-  flags.DEFINE_string("model", Config.model, f"One of {MODELS}.")
-  flags.DEFINE_string("data", Config.data, "'digits' (embedded) or an .npz file with arrays x, y.")
-  flags.DEFINE_string("data_dir", None, "Directory for a relative --data path.")
-  flags.DEFINE_integer("seed", Config.seed, "Seed of the initialisation; of the batches and "
-                       "noise too with --reproducible_private_randomness.")
-  flags.DEFINE_bool("reproducible_private_randomness", False,
-                    "Derive batches and noise from --seed (then a secret, kept in "
-                    "private/secret_seed.json) instead of the OS CSPRNG; a resumed run then "
-                    "matches an uninterrupted one bit for bit.")
-  flags.DEFINE_float("sleep_per_step", 0.0, "Seconds to sleep per step (for kill-and-resume tests).")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required.")
-  config = Config(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)})
-  try:
-    train_and_evaluate(config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"train_small: error: {e}")
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)

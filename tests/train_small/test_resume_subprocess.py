@@ -1,5 +1,7 @@
 """Crash safety through the real command line: SIGKILL mid-run, resume, privacy changes, budgets;
-and what train_small releases (the adversary's view of its workdir)."""
+and what train_small releases (the adversary's view of its workdir).
+
+End to end (subprocesses, each importing JAX and compiling): marked slow."""
 
 import json
 import os
@@ -13,11 +15,16 @@ import numpy as np
 import pytest
 
 from dpjax import accounting
+from experiments.train_small import experiment
+from experiments.train_small.configs import default
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CONFIG = "experiments/train_small/configs/default.py"
 STEPS, EVERY = 60, 10
 # Bit-for-bit equality after a resume needs the opt-in: secure runs are not reproducible by design.
-REPRODUCIBLE = "--reproducible_private_randomness"
+REPRODUCIBLE = "--config.reproducible_private_randomness=True"
 UNNOISED_STATISTICS = ("loss", "train_accuracy", "accuracy", "mean_grad_norm", "clipped_fraction",
                        "batch_size", "num_nonfinite")
 
@@ -30,8 +37,9 @@ def env(tmp_path_factory):
 
 
 def command(workdir, *flags):
-  return [sys.executable, "-m", "experiments.train_small", f"--workdir={workdir}",
-          f"--num_steps={STEPS}", f"--checkpoint_every={EVERY}", *flags]
+  return [sys.executable, "-m", "experiments.train_small", f"--config={CONFIG}",
+          f"--workdir={workdir}", f"--config.num_steps={STEPS}",
+          f"--config.checkpoint_every={EVERY}", *flags]
 
 
 def run(env, workdir, *flags, check=True):
@@ -62,8 +70,8 @@ def uninterrupted(env, tmp_path_factory):
 def kill_after_two_checkpoints(env, workdir, *flags) -> int:
   """Starts a slowed run, SIGKILLs it once a checkpoint past step 2 * EVERY exists; returns the
   last logged step."""
-  proc = subprocess.Popen(command(workdir, "--sleep_per_step=0.1", *flags), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(command(workdir, "--config.sleep_per_step=0.1", *flags), cwd=REPO,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = workdir / "private" / "checkpoint.msgpack"
   deadline = time.time() + 90
   try:
@@ -116,8 +124,8 @@ def test_resuming_with_another_source_of_randomness_is_refused(env, uninterrupte
   (workdir / "private").mkdir(parents=True)
   (workdir / "private" / "checkpoint.msgpack").write_bytes(
       (uninterrupted / "private" / "checkpoint.msgpack").read_bytes())
-  proc = run(env, workdir, f"--num_steps={STEPS + 10}", check=False)  # without the opt-in
-  assert proc.returncode != 0 and "--reproducible_private_randomness" in proc.stderr
+  proc = run(env, workdir, f"--config.num_steps={STEPS + 10}", check=False)  # without the opt-in
+  assert proc.returncode != 0 and "reproducible_private_randomness" in proc.stderr
 
 
 def test_changed_privacy_is_refused_then_composed_when_allowed(env, uninterrupted, tmp_path):
@@ -126,12 +134,13 @@ def test_changed_privacy_is_refused_then_composed_when_allowed(env, uninterrupte
   (workdir / "private").mkdir(parents=True)
   (workdir / "private" / "checkpoint.msgpack").write_bytes(
       (uninterrupted / "private" / "checkpoint.msgpack").read_bytes())
-  more = f"--num_steps={STEPS + 20}"
-  refused = run(env, workdir, more, "--noise_multiplier=2.0", REPRODUCIBLE, check=False)
+  more = f"--config.num_steps={STEPS + 20}"
+  refused = run(env, workdir, more, "--config.noise_multiplier=2.0", REPRODUCIBLE, check=False)
   assert refused.returncode != 0
-  assert "--allow_privacy_change" in refused.stderr and "noise_multiplier=2.0" in refused.stderr
+  assert "allow_privacy_change" in refused.stderr and "noise_multiplier=2.0" in refused.stderr
 
-  run(env, workdir, more, "--noise_multiplier=2.0", "--allow_privacy_change", REPRODUCIBLE)
+  run(env, workdir, more, "--config.noise_multiplier=2.0", "--config.allow_privacy_change=True",
+      REPRODUCIBLE)
   ledger = results(workdir)["ledger"]["phases"]
   assert [(p["noise_multiplier"], p["steps"]) for p in ledger] == [(1.0, STEPS), (2.0, 20)]
   phases = [accounting.PrivacyPhase(1.0, 1797, 64, steps=STEPS),
@@ -142,34 +151,21 @@ def test_changed_privacy_is_refused_then_composed_when_allowed(env, uninterrupte
 
 
 def test_max_epsilon_stops_before_the_budget_is_exceeded(uninterrupted, tmp_path, caplog):
-  # In-process (the flags map one-to-one onto the Config) to spare a subprocess.
-  from experiments import train_small  # pylint: disable=import-outside-toplevel
+  # In-process (the same config the command line overrides) to spare a subprocess.
   budget = 2.0  # the full run reaches about 2.5
   assert results(uninterrupted)["epsilon"] > budget
-  config = train_small.Config(num_steps=STEPS, checkpoint_every=EVERY, max_epsilon=budget)
+  config = default.get_config()
+  config.update(num_steps=STEPS, checkpoint_every=EVERY, max_epsilon=budget)
   with caplog.at_level("WARNING"):
-    out = train_small.train_and_evaluate(config, str(tmp_path))
+    out = experiment.train_and_evaluate(config, str(tmp_path))
   assert out["stopped_by_budget"] and out["steps"] < STEPS
   assert out["epsilon"] <= budget < accounting.compute_epsilon(
       [accounting.PrivacyPhase(1.0, 1797, 64, steps=out["steps"] + 1)], 1e-5)
   # Logged steps count from 1: after `steps` steps, step `steps + 1` is the one refused.
-  assert f"stopping before step {out['steps'] + 1}:" in caplog.text and "--max_epsilon=2" in caplog.text
+  assert f"stopping before step {out['steps'] + 1}:" in caplog.text and "max_epsilon=2" in caplog.text
 
 
 # ----------------------------------------------------------------------------- released vs private
-
-
-def test_same_seed_gives_different_parameters_by_default(tmp_path):
-  """The adversary knows --seed: by default it recreates neither the batches nor the noise.
-  (With the opt-in, equal parameters for equal seeds: the kill-and-resume test above.)"""
-  from experiments import train_small  # pylint: disable=import-outside-toplevel
-  config = train_small.Config(num_steps=3, checkpoint_every=3)
-  a = train_small.train_and_evaluate(config, str(tmp_path / "a"))
-  b = train_small.train_and_evaluate(config, str(tmp_path / "b"))
-  assert a["params_sha256"] != b["params_sha256"]
-  assert a["epsilon"] == b["epsilon"] and a["ledger"] == b["ledger"]
-  assert json.loads((tmp_path / "a" / "config.json").read_text())["seed"] == 0  # public here
-  assert not (tmp_path / "a" / "private" / "secret_seed.json").exists()
 
 
 def test_results_hold_no_unnoised_training_statistic(uninterrupted):

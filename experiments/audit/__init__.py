@@ -1,0 +1,1 @@
+"""Privacy auditing: canary lower bounds and membership inference vs the accountant's epsilon."""

@@ -1,0 +1,3 @@
+from experiments.audit.main import main
+
+main()

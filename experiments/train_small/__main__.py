@@ -1,0 +1,3 @@
+from experiments.train_small.main import main
+
+main()
