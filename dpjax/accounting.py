@@ -227,7 +227,7 @@ class PrivacyLedger:
       raise ValueError(
           "the privacy parameters differ from the checkpoint's ledger:\n"
           f"  ledger:    {_describe(self.current)}\n  requested: {_describe(phase)}\n"
-          "pass --allow_privacy_change to compose both phases, or restore the old settings.")
+          "set allow_privacy_change (--config.allow_privacy_change=true) to compose both phases, or restore the old settings.")
     self.phases.append(phase)
 
   def record(self, steps: int = 1) -> None:

@@ -124,7 +124,7 @@ def data_parallel_mesh(sampler: sampling.BatchSampler):
   devices = jax.local_devices()
   if len(devices) == 1:
     logging.info("data_parallel: only one device; training on it (on CPU, split the host with "
-                 "--cpu_devices, see dpjax.devices).")
+                 "cpu_devices, see dpjax.devices).")
     return None
   if sampler.padded_size % len(devices):
     raise ValueError(f"data_parallel: the padded batch size {sampler.padded_size} is not a "
@@ -222,7 +222,7 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
       ledger = accounting.PrivacyLedger.from_dict(meta["ledger"])
       if meta.get("secure_randomness", True) != randomness.secure:
         raise ValueError("the checkpoint was written with a different source of private "
-                         "randomness (--reproducible_private_randomness differs); resume with "
+                         "randomness (reproducible_private_randomness differs); resume with "
                          "the original setting or start a new workdir.")
       logging.info("resumed from %s at step %d (%d steps in the ledger)",
                    checkpoint.path(private), int(state.step), ledger.steps)
@@ -263,7 +263,7 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
       if budget_steps is not None and t - start_step >= budget_steps:
         stopped_by_budget = True
         # Steps are numbered from 1 in the logs: t steps are done, step t + 1 is refused.
-        logging.warning("stopping before step %d: it would take epsilon past --max_epsilon=%g "
+        logging.warning("stopping before step %d: it would take epsilon past max_epsilon=%g "
                         "(spent %.4f at delta=%g).", t + 1, loop.max_epsilon, epsilon_now(),
                         loop.delta)
         break

@@ -107,7 +107,7 @@ class BatchSampler:
       raise ValueError(f"sampling={self.sampling!r}: expected one of {accounting.SAMPLINGS}.")
     if self.sampling != "full" and not 1 <= self.batch_size <= self.dataset_size:
       raise ValueError(f"batch_size={self.batch_size} must be between 1 and the dataset size "
-                       f"{self.dataset_size}; use a smaller --batch_size or more data.")
+                       f"{self.dataset_size}; use a smaller batch_size or more data.")
 
   @property
   def expected_batch_size(self) -> float:

@@ -170,7 +170,7 @@ def test_missing_data_file_and_directory(tmp_path):
   with pytest.raises(FileNotFoundError,
                      match=rf"--config.data_dir={missing_dir} is not a directory"):
     train_small.train_and_evaluate(small(data="d.npz", data_dir=str(missing_dir)), str(tmp_path / "w"))
-  with pytest.raises(FileNotFoundError, match="pass --data_dir=DIR or set DPJAX_DATA_DIR"):
+  with pytest.raises(FileNotFoundError, match="pass --config.data_dir=DIR or set DPJAX_DATA_DIR"):
     paths.require_data_dir(None, "a loader")
 
 

@@ -297,7 +297,7 @@ def load_npz(path: str | os.PathLike, *, name: str | None = None) -> ImageDatase
   """A MedMNIST-layout `.npz`: train_images/train_labels, test_*, optional val_*."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"image .npz file not found: {path}; pass --data_dir=DIR")
+    raise FileNotFoundError(f"image .npz file not found: {path}; pass --config.data_dir=DIR")
   with np.load(path) as arrays:
     missing = [key for key in ("train_images", "train_labels", "test_images", "test_labels")
                if key not in arrays.files]
@@ -361,7 +361,7 @@ def _list_image_files(root: pathlib.Path) -> list[_ImageFile]:
                                                      lambda blob=blob: blob)))
   else:
     raise FileNotFoundError(f"image folder or .tar(.gz) not found: {root}; pass an existing "
-                            "path (layout split/class/*.png) or --data_dir=DIR")
+                            "path (layout split/class/*.png) or --config.data_dir=DIR")
   prefixes = sorted({prefix for prefix, _ in found}, key=lambda p: (len(p), p))
   if len(prefixes) > 1:  # e.g. Kaggle's chest_xray.zip holds the same images twice
     logging.warning("%s holds several image trees %s; using %s", root,
@@ -449,7 +449,7 @@ def load_aptos(root: str | os.PathLike, *, resize: Size | None = None,
   csv_path, image_dir = root / "train.csv", root / "train_images"
   if not csv_path.is_file():
     raise FileNotFoundError(f"APTOS labels not found: {csv_path}; pass the folder holding "
-                            "train.csv and train_images/ (or --data_dir=DIR)")
+                            "train.csv and train_images/ (or --config.data_dir=DIR)")
   with open(csv_path, newline="") as handle:
     rows = list(csv.DictReader(handle))
   if not rows or not {"id_code", "diagnosis"} <= set(rows[0]):
@@ -536,7 +536,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *,
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   where = f"under {data_dir}" if data_dir else "in the default tfds folder (~/tensorflow_datasets)"
   how_to_prepare = (f"prepare it on a machine with internet (pip install tensorflow; "
-                    f"tfds build {name} --data_dir=DIR) and pass --data_dir=DIR")
+                    f"tfds build {name} --data_dir=DIR) and pass --config.data_dir=DIR")
   try:
     builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
   except tfds.core.registered.DatasetNotFoundError:
@@ -615,13 +615,13 @@ def _named_file(name: str, data_dir: str | None) -> pathlib.Path:
   data_dir = data_dir or paths.default_data_dir()
   if not data_dir:
     raise FileNotFoundError(f"dataset {name!r} reads {candidates[0]} from a data directory: "
-                            f"pass --data_dir=DIR or set {paths.ENV_VAR}")
+                            f"pass --config.data_dir=DIR or set {paths.ENV_VAR}")
   for candidate in candidates:
     path = pathlib.Path(data_dir).expanduser() / candidate
     if path.exists():
       return path
   raise FileNotFoundError(f"dataset {name!r}: file {pathlib.Path(data_dir) / candidates[0]} not "
-                          f"found (also tried {list(candidates[1:])}); pass --data_dir=DIR "
+                          f"found (also tried {list(candidates[1:])}); pass --config.data_dir=DIR "
                           f"holding it or set {paths.ENV_VAR}")
 
 
@@ -633,7 +633,7 @@ def _user_path(text: str, data_dir: str | None, what: str) -> pathlib.Path:
       return pathlib.Path(base) / path
   if not path.exists():
     raise FileNotFoundError(f"{what} path not found: {text}; pass an existing path, or one "
-                            "relative to --data_dir=DIR")
+                            "relative to --config.data_dir=DIR")
   return path
 
 

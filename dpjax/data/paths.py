@@ -23,9 +23,9 @@ def require_data_dir(data_dir: str | None, what: str) -> pathlib.Path:
   """Returns `data_dir` as a Path, or raises a message that says how to point at the data."""
   if not data_dir:
     raise FileNotFoundError(
-        f"{what} needs a data directory: pass --data_dir=DIR or set {ENV_VAR}.")
+        f"{what} needs a data directory: pass --config.data_dir=DIR or set {ENV_VAR}.")
   path = pathlib.Path(data_dir).expanduser()
   if not path.is_dir():
     raise FileNotFoundError(
-        f"--data_dir={data_dir} is not a directory ({what}); pass --data_dir=DIR or set {ENV_VAR}.")
+        f"--config.data_dir={data_dir} is not a directory ({what}); pass --config.data_dir=DIR or set {ENV_VAR}.")
   return path

@@ -400,7 +400,7 @@ def load_pbcseq(data_dir: str | None, visit_days: Sequence[int] = PBCSEQ_VISIT_D
   path = _find_file(root, PBCSEQ_FILE, "trials")
   if path is None:
     raise FileNotFoundError(
-        f"{PBCSEQ_FILE} not found in {root} or {root / 'trials'}: point --data_dir (or "
+        f"{PBCSEQ_FILE} not found in {root} or {root / 'trials'}: point --config.data_dir (or "
         f"${paths.ENV_VAR}) at the shared data folder that holds trials/{PBCSEQ_FILE}.")
   labs = _read_csv(path, ("id", "trt", "day") + PBCSEQ_FEATURES)
   visit_days = np.asarray(visit_days, np.float64)
@@ -482,7 +482,7 @@ def load_btheb(data_dir: str | None, min_observed_visits: int = 2) -> TrialData:
   path = _find_file(root, BTHEB_FILE, "trials")
   if path is None:
     raise FileNotFoundError(
-        f"{BTHEB_FILE} not found in {root} or {root / 'trials'}: point --data_dir (or "
+        f"{BTHEB_FILE} not found in {root} or {root / 'trials'}: point --config.data_dir (or "
         f"${paths.ENV_VAR}) at the shared data folder that holds trials/{BTHEB_FILE}.")
   frame = _read_csv(path, ("treatment",) + BTHEB_COLUMNS)
   scores = frame[list(BTHEB_COLUMNS)].to_numpy(np.float64)

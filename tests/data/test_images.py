@@ -301,9 +301,9 @@ def test_validate_names_each_problem():
 def test_unknown_name_lists_valid_names_and_missing_file_names_data_dir(tmp_path):
   with pytest.raises(ValueError, match="retinamnist.*digits.*tfds:"):
     images.load_image_dataset("imagenet")
-  with pytest.raises(FileNotFoundError, match="retinamnist.npz.*--data_dir"):
+  with pytest.raises(FileNotFoundError, match="retinamnist.npz.*--config.data_dir"):
     images.load_image_dataset("retinamnist", str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="--data_dir"):
+  with pytest.raises(FileNotFoundError, match="--config.data_dir"):
     images.load_image_dataset(f"folder:{tmp_path / 'nowhere'}")
 
 
@@ -388,7 +388,7 @@ def test_tfds_tfrecord_reads_without_tensorflow(tfds_dir, tmp_path):
 
 
 def test_tfds_unprepared_dataset_says_how_to_prepare(tmp_path):
-  with pytest.raises(FileNotFoundError, match="not prepared.*tensorflow.*--data_dir"):
+  with pytest.raises(FileNotFoundError, match="not prepared.*tensorflow.*data_dir"):
     images.load_image_dataset("tfds:cifar10", str(tmp_path))
 
 
