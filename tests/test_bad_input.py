@@ -229,9 +229,12 @@ def test_unknown_config_field_lists_the_valid_ones(tmp_path):
      "train_small: error: --config.learning_rate=-1.0 must be a finite number > 0."),
     ("audit", "--config.num_models=2",
      "audit: error: --config.num_models=2 must be >= 3 (target + shadows)."),
-    ("classify", "--cpu_devices=two",
-     "--cpu_devices='two': expected a whole number >= 0 or 'auto'."),
+    ("classify", "--config.cpu_devices=two",
+     "classify: error: --config.cpu_devices='two' expected a whole number >= 0 or 'auto'."),
+    ("eqtl", "--config.bogus=1", "eqtl: error: unknown config field 'bogus'"),
+    ("eqtl", "--config.n=abc", "eqtl: error: bad flag"),
 ])
+@pytest.mark.slow
 def test_command_line_reports_bad_flags_without_a_traceback(module, flag, message, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", f"experiments.{module}", f"--workdir={tmp_path}", flag], cwd=REPO,

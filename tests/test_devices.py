@@ -52,7 +52,8 @@ SCRIPT = textwrap.dedent("""
     run(True, 2, workdir)
     out["resumed"] = run(True, 4, workdir)
     import flax.linen as nn
-    from dpjax import classifier, parallel
+    from dpjax import parallel
+    from experiments.classify import classifier
     class Tiny(nn.Module):
       num_classes: int = 3
       @nn.compact

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
@@ -41,13 +40,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from dpjax import accounting
 from dpjax import clipping
 from dpjax import engine
-from dpjax import ldp
 from dpjax import randomness as randomness_lib
 from dpjax import report
 from dpjax import sampling
 from dpjax import train
 from dpjax.data import images as images_lib
 from dpjax.models import registry
+from experiments.classify import ldp
+from experiments.common import outputs
 
 PyTree = Any
 
@@ -123,32 +123,35 @@ class ClassifierConfig:
     _check_choice("model", self.model, registry.model_names())
     for name in ("batch_size", "learning_rate", "clip_norm", "eval_batch_size"):
       if not getattr(self, name) > 0:
-        raise ValueError(f"{name}={getattr(self, name)} must be > 0.")
+        _bad(name, getattr(self, name), "must be > 0.")
     if self.steps is None and not self.epochs > 0:
-      raise ValueError(f"epochs={self.epochs} must be > 0 (or set steps).")
+      _bad("epochs", self.epochs, "must be > 0 (or set --config.steps).")
     if self.steps is not None and self.steps < 1:
-      raise ValueError(f"steps={self.steps} must be >= 1.")
+      _bad("steps", self.steps, "must be >= 1 (or leave it unset and give --config.epochs).")
     if self.noise_multiplier is not None and self.noise_multiplier < 0:
-      raise ValueError(f"noise_multiplier={self.noise_multiplier} must be >= 0.")
+      _bad("noise_multiplier", self.noise_multiplier, "must be >= 0.")
     if self.target_epsilon is not None and not self.target_epsilon > 0:
-      raise ValueError(f"target_epsilon={self.target_epsilon} must be > 0 (inf: non-private).")
+      _bad("target_epsilon", self.target_epsilon, "must be > 0 (inf: non-private).")
     if self.max_epsilon is not None and not self.max_epsilon > 0:
-      raise ValueError(f"max_epsilon={self.max_epsilon} must be > 0.")
+      _bad("max_epsilon", self.max_epsilon, "must be > 0 (or unset: no budget stop).")
     if self.private and self.noise_multiplier is None and self.target_epsilon is None:
-      raise ValueError("a private run needs noise_multiplier or target_epsilon.")
+      raise ValueError("a private run needs --config.noise_multiplier or "
+                       "--config.target_epsilon.")
     if self.ldp_scale < 0:
-      raise ValueError(f"ldp_scale={self.ldp_scale} must be >= 0 (0: no local DP).")
+      _bad("ldp_scale", self.ldp_scale, "must be >= 0 (0: no local DP).")
     if self.ldp_label_epsilon is not None:
       if not self.ldp_scale > 0:
-        raise ValueError(f"ldp_label_epsilon={self.ldp_label_epsilon} needs local DP on the "
-                         "images too: set ldp_scale > 0 (or drop ldp_label_epsilon).")
+        _bad("ldp_label_epsilon", self.ldp_label_epsilon, "needs local DP on the images too: "
+             "set --config.ldp_scale > 0 (or drop ldp_label_epsilon).")
       if not 0 <= self.ldp_label_epsilon < math.inf:
-        raise ValueError(f"ldp_label_epsilon={self.ldp_label_epsilon} must be finite and >= 0 "
-                         "(None: labels in clear, reported as not covered).")
-    if self.decay_steps < 0 or not 0 < self.decay_rate <= 1:
-      raise ValueError(f"decay_steps={self.decay_steps} must be >= 0 and decay_rate="
-                       f"{self.decay_rate} in (0, 1].")
-    accounting.check_delta(self.delta)
+        _bad("ldp_label_epsilon", self.ldp_label_epsilon, "must be finite and >= 0 (unset: "
+             "labels in clear, reported as not covered).")
+    if self.decay_steps < 0:
+      _bad("decay_steps", self.decay_steps, "must be >= 0 (0: no decay).")
+    if not 0 < self.decay_rate <= 1:
+      _bad("decay_rate", self.decay_rate, "must be in (0, 1].")
+    if not 0 < self.delta < 1:
+      _bad("delta", self.delta, "must be in (0, 1), e.g. 1e-5 (below 1 / training-set size).")
 
   @property
   def is_private(self) -> bool:
@@ -176,9 +179,13 @@ class ClassifierConfig:
     return randomness_lib.redact(self.to_dict(), self.randomness())
 
 
+def _bad(name: str, value, why: str):
+  raise ValueError(f"--config.{name}={value!r} {why}")
+
+
 def _check_choice(name: str, value, valid) -> None:
   if value not in valid:
-    raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
+    _bad(name, value, f"is unknown; valid: {', '.join(map(str, valid))}")
 
 
 @dataclasses.dataclass
@@ -230,7 +237,7 @@ class ClassifierResult:
         "ldp_labels": None if not self.ldp else (
             "randomised response" if self.ldp.labels_covered else "in clear (not covered)"),
     }
-    return {k: _json_number(v) for k, v in out.items()}
+    return outputs.json_safe(out)
 
   def release(self, name: str, files: list[str]) -> dict:
     """The privacy-report entry of outputs of this run (`files`): DP-SGD, local DP or none."""
@@ -277,13 +284,6 @@ def privacy_release(name: str, files: list[str], config: ClassifierConfig,
       mechanism="local DP Laplace per pixel" + (
           " + randomised response on the label" if covered else " (labels in clear)"),
       **local)
-
-
-def _json_number(value):
-  """inf/nan as strings ("inf"), since JSON has no such numbers."""
-  if isinstance(value, float) and not math.isfinite(value):
-    return str(value)
-  return value
 
 
 # ------------------------------------------------------------------------------ loss, evaluation
@@ -516,12 +516,8 @@ DIAGNOSTICS = "diagnostics.json"
 
 def write_private(workdir: str, result: ClassifierResult) -> str:
   """`<workdir>/private/diagnostics.json`: the run's training-data diagnostics."""
-  path = os.path.join(report.private_dir(workdir), DIAGNOSTICS)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result.private, f, indent=1, default=_json_number)
-  os.replace(tmp, path)
-  return path
+  return outputs.write_json(os.path.join(report.private_dir(workdir), DIAGNOSTICS),
+                            result.private, indent=1)
 
 
 def train_classifier(config: ClassifierConfig, workdir: str | None = None,

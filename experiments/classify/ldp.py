@@ -20,6 +20,8 @@ be secret and unpredictable: draw it with `secret_key()` (from the OS), never fr
 stored in a config. Example i of a split gets its noise from `fold_in(split_key, i)`: one
 independent stream per example, so noise is independent across images and across pixels and
 does not depend on how the data are chunked.
+
+Pictures of the perturbation are drawn by `experiments.classify.plots.save_perturbation_grid`.
 """
 
 from __future__ import annotations
@@ -28,10 +30,7 @@ import dataclasses
 import functools
 import logging
 import math
-import os
-import pathlib
 import secrets
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -276,46 +275,3 @@ def perturb_dataset(key: jax.Array, dataset: images_lib.ImageDataset, scale: flo
     if dataset.val_images is not None:
       changes["val_images"] = perturb_split(val_key, dataset.val_images)
   return dataclasses.replace(dataset, **changes)
-
-
-def save_perturbation_grid(path: str | os.PathLike, images: np.ndarray, scales: Sequence[float],
-                           key: jax.Array, *, clip: bool = True) -> pathlib.Path:
-  """Writes a PNG grid: one row per image, the original then one column per Laplace scale.
-
-  Perturbed images are shown clipped to [0, 1] (display only when `clip=False`).
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  images = np.asarray(images, np.float32)
-  if images.ndim != 4 or len(images) == 0:
-    raise ValueError(f"images must be a non-empty NHWC batch, got shape {images.shape}")
-  num_pixels = int(np.prod(images.shape[1:]))
-  columns = [("original", images)]
-  for index, scale in enumerate(scales):
-    noisy = laplace_perturb(jax.random.fold_in(key, index), images, scale, clip=clip)
-    epsilon = ldp_epsilon(scale, num_pixels=num_pixels)
-    columns.append((f"beta={scale:g}\neps/pixel={epsilon.per_pixel:g}\n"
-                    f"eps/image={epsilon.per_image:g}", np.asarray(noisy)))
-
-  figure, axes = plt.subplots(len(images), len(columns), squeeze=False,
-                              figsize=(1.8 * len(columns), 1.8 * len(images) + 0.6))
-  for column, (title, batch) in enumerate(columns):
-    for row in range(len(images)):
-      axis = axes[row, column]
-      pixels = np.clip(batch[row], 0.0, 1.0)
-      if pixels.shape[-1] == 1:
-        axis.imshow(pixels[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-      else:
-        axis.imshow(pixels)
-      axis.set_xticks([])
-      axis.set_yticks([])
-      if row == 0:
-        axis.set_title(title, fontsize=7)
-  figure.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(path, format="png", dpi=100)
-  plt.close(figure)
-  return path

@@ -1,8 +1,11 @@
 r"""Mean and spread over seeds of `classify` sweeps: one table from several workdirs.
 
-  python -m experiments.classify --workdir=runs/med_s0 --preset=medical_cnn --seed=0
-  python -m experiments.classify --workdir=runs/med_s1 --preset=medical_cnn --seed=1
-  python -m experiments.seed_table --workdirs=runs/med_s0,runs/med_s1 --output=runs/med_seeds.md
+  python -m experiments.classify --config=experiments/classify/configs/medical_cnn.py \
+      --workdir=runs/med_s0 --config.seed=0
+  python -m experiments.classify --config=experiments/classify/configs/medical_cnn.py \
+      --workdir=runs/med_s1 --config.seed=1
+  python -m experiments.classify.seed_table --workdirs=runs/med_s0,runs/med_s1 \
+      --output=runs/med_seeds.md
 
 Each workdir's `results.json` lists its runs; runs with the same name are the same setting at
 different seeds. Per run: test accuracy as mean +- sample standard deviation, the per-seed
@@ -16,15 +19,15 @@ publishing the models (or outcomes) of all seeds together composes their costs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import pathlib
 import sys
 
+import numpy as np
 from absl import app
 from absl import flags
-import numpy as np
+
+from experiments.common import outputs
 
 
 def load_runs(workdirs: list[str]) -> dict[str, list[dict]]:
@@ -35,9 +38,8 @@ def load_runs(workdirs: list[str]) -> dict[str, list[dict]]:
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path} not found: run experiments.classify with "
                               f"--workdir={workdir} first (or drop it from --workdirs).")
-    with open(path) as f:
-      for row in json.load(f)["runs"]:
-        runs.setdefault(row["run"], []).append(row)
+    for row in outputs.read_json(path)["runs"]:
+      runs.setdefault(row["run"], []).append(row)
   return runs
 
 
@@ -54,17 +56,15 @@ def _epsilon(rows: list[dict]) -> str:
 
 def seed_table(workdirs: list[str]) -> str:
   """A markdown table: one line per run name, accuracies over the workdirs' seeds."""
-  runs = load_runs(workdirs)
-  lines = ["| run | seeds | test accuracy % (mean +- sd) | per seed | epsilon (max, one seed) |",
-           "|---|---|---|---|---|"]
-  for name, rows in runs.items():
+  lines = []
+  for name, rows in load_runs(workdirs).items():
     test = [r["test_accuracy"] for r in rows]
-    per_seed = ", ".join(f"{100 * v:.1f}" for v in test)
-    lines.append(f"| {name} | {len(rows)} | {_mean_sd(test)} | {per_seed} | {_epsilon(rows)} |")
-  lines += ["", "Each seed trained on the same data: the epsilon holds for one seed's model; the "
-            "seeds' models together compose their costs. Training accuracy is private (runs' "
-            "private/ folders)."]
-  return "\n".join(lines) + "\n"
+    lines.append({"run": name, "seeds": len(rows), "test accuracy % (mean +- sd)": _mean_sd(test),
+                  "per seed": ", ".join(f"{100 * v:.1f}" for v in test),
+                  "epsilon (max, one seed)": _epsilon(rows)})
+  return (outputs.markdown_table(lines) + "\nEach seed trained on the same data: the epsilon "
+          "holds for one seed's model; the seeds' models together compose their costs. Training "
+          "accuracy is private (runs' private/ folders).\n")
 
 
 FLAGS = flags.FLAGS
@@ -85,7 +85,7 @@ def main(argv):
   except (FileNotFoundError, KeyError, ValueError) as error:
     sys.exit(f"seed_table: error: {error}")
   if FLAGS.output:
-    pathlib.Path(FLAGS.output).write_text(table)
+    outputs.atomic_write_text(FLAGS.output, table)
   print(table)
 
 

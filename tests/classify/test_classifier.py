@@ -1,4 +1,4 @@
-"""Tests of dpjax.classifier on scikit-learn digits with tiny models (seconds each)."""
+"""Tests of experiments.classify.classifier on scikit-learn digits with tiny models (seconds each)."""
 
 import contextlib
 import dataclasses
@@ -12,13 +12,13 @@ import pytest
 
 from dpjax import accounting
 from dpjax import checkpoint
-from dpjax import classifier
 from dpjax import clipping
 from dpjax import noise
 from dpjax import randomness
 from dpjax import train
 from dpjax.data import images as images_lib
 from dpjax.models import registry
+from experiments.classify import classifier
 
 BASE = classifier.ClassifierConfig(
     model="mlp", model_kwargs={"hidden": (16,)}, dataset="digits", max_per_class=40,
@@ -82,6 +82,7 @@ def _short(config, **changes):
   return dataclasses.replace(config, steps=3, eval_every=3, **changes)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_different_private_params_unless_opted_in(digits):
   secure = [classifier.train_classifier(_short(BASE), dataset=digits) for _ in range(2)]
   same = [classifier.train_classifier(_short(REPRODUCIBLE), dataset=digits) for _ in range(2)]
@@ -96,6 +97,7 @@ def test_same_seed_gives_different_private_params_unless_opted_in(digits):
                     classifier.initial_params(REPRODUCIBLE, model, digits.image_shape))
 
 
+@pytest.mark.slow
 def test_public_seed_does_not_regenerate_the_noise(digits):
   """An adversary holding the public seed regenerates the noise as the old code drew it
   (`split(PRNGKey(seed), 3)[1]`) and subtracts it: the clipped sum must not come out. The same
@@ -130,6 +132,7 @@ def test_public_seed_does_not_regenerate_the_noise(digits):
   assert matches(observed, regenerated(secret_key))  # the attack works once the key is known
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_example", ["vmap", "auto"])
 def test_microbatches_give_the_same_step(digits, per_example):
   whole = classifier.train_classifier(_short(REPRODUCIBLE, per_example=per_example), dataset=digits)
@@ -151,12 +154,14 @@ def test_epsilon_equals_accountant(base_run, digits):
   assert result.steps == 30 and result.noise_multiplier == 1.0
 
 
+@pytest.mark.slow
 def test_target_epsilon_calibrates_noise(digits):
   result = classifier.train_classifier(dataclasses.replace(BASE, target_epsilon=3.0, steps=6),
                                        dataset=digits)
   assert 0.98 * 3.0 <= result.epsilon <= 3.0
 
 
+@pytest.mark.slow
 def test_laplace_reports_pure_epsilon(digits):
   config = dataclasses.replace(BASE, mechanism="laplace", noise_multiplier=2.0, clip_norm=5.0,
                                steps=5)
@@ -166,6 +171,7 @@ def test_laplace_reports_pure_epsilon(digits):
   assert result.epsilon <= result.pure_epsilon  # PLD at delta > 0 is no larger
 
 
+@pytest.mark.slow
 def test_nonprivate_and_local_dp(digits, tmp_path):
   config = dataclasses.replace(BASE, private=False, ldp_scale=0.5, steps=4)
   result = classifier.train_classifier(config, workdir=str(tmp_path), dataset=digits)
@@ -240,6 +246,7 @@ def count_compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
+@pytest.mark.slow
 def test_step_compiles_once(digits, base_run):
   del base_run  # it warmed the evaluator's caches
   config = dataclasses.replace(BASE, eval_every=1000)
@@ -251,6 +258,7 @@ def test_step_compiles_once(digits, base_run):
   assert len(short) >= 1 and len(long) == len(short)
 
 
+@pytest.mark.slow
 def test_resume_gives_same_ledger_and_params(digits, tmp_path):
   # Bit-for-bit equality needs the opt-in: with OS randomness a resumed run draws fresh batches.
   config = REPRODUCIBLE
@@ -275,17 +283,17 @@ def test_resume_gives_same_ledger_and_params(digits, tmp_path):
   assert resumed.test_accuracy == pytest.approx(whole.test_accuracy)
   lines = (tmp_path / "cut" / "private" / "metrics.jsonl").read_text().splitlines()
   assert len(lines) >= 2  # the first half's end and the second's
-  secret = json.loads((tmp_path / "cut" / "private" / classifier.SECRET_SEED).read_text())
+  secret = json.loads((tmp_path / "cut" / "private" / "secret_seed.json").read_text())
   assert secret["secret_seed"] == config.seed
   assert config.public_dict()["seed"] != config.seed  # redacted from released configs
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("model", "resnet99", "unknown model 'resnet99'"),
-    ("optimizer", "adagrad", "unknown optimizer 'adagrad'"),
-    ("mechanism", "cauchy", "unknown mechanism 'cauchy'"),
-    ("batch_size", 0, "batch_size=0"),
-    ("ldp_scale", -1.0, "ldp_scale=-1.0"),
+    ("model", "resnet99", "--config.model='resnet99' is unknown; valid: "),
+    ("optimizer", "adagrad", "--config.optimizer='adagrad' is unknown; valid: sgd, momentum"),
+    ("mechanism", "cauchy", "--config.mechanism='cauchy' is unknown; valid: gaussian, laplace"),
+    ("batch_size", 0, "--config.batch_size=0 must be > 0"),
+    ("ldp_scale", -1.0, "--config.ldp_scale=-1.0 must be >= 0"),
 ])
 def test_bad_config_names_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):

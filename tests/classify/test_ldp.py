@@ -1,14 +1,13 @@
-"""Local DP on images: noise statistics, epsilon arithmetic, the reproduction option, the grid."""
+"""Local DP on images: noise statistics, epsilon arithmetic, the reproduction option."""
 
 import logging
 
 import jax
 import numpy as np
-import PIL.Image
 import pytest
 
-from dpjax import ldp
 from dpjax.data import images as images_lib
+from experiments.classify import ldp
 
 
 def _uniform(seed, shape):
@@ -230,16 +229,3 @@ def test_secret_key_comes_from_the_os_and_drives_the_mechanisms():
   assert jax.dtypes.issubdtype(typed.dtype, jax.dtypes.prng_key)
   labels = np.arange(10, dtype=np.int32) % 3
   assert ldp.randomized_response(typed, labels, 3, 1.0).shape == (10,)
-
-
-def test_perturbation_grid_is_a_valid_png(tmp_path):
-  batch = _uniform(7, (3, 8, 8, 1))
-  path = ldp.save_perturbation_grid(tmp_path / "grid.png", batch, [1.0, 2.0, 4.0],
-                                    jax.random.key(8))
-  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  with PIL.Image.open(path) as image:
-    image.verify()
-  with PIL.Image.open(path) as image:
-    width, height = image.size
-    pixels = np.asarray(image.convert("L"))
-  assert width > height > 100 and pixels.std() > 10  # 4 columns, 3 rows, not blank

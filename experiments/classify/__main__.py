@@ -1,0 +1,3 @@
+from experiments.classify.main import main
+
+main()

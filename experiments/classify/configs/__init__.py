@@ -1,0 +1,1 @@
+"""The classify study's presets: one `get_config(arg)` per file; `:tiny` shrinks any of them."""

@@ -1,0 +1,33 @@
+"""medical_cnn: the medical table at CPU scale. The small CNN, 10 epochs, on PneumoniaMNIST and
+RetinaMNIST: original vs local DP (Laplace beta 1, 2, 4 per pixel) vs DP-SGD at epsilon 1 and 8.
+About 8 minutes for the 12 runs on 2 CPU cores split into two devices.
+
+  python -m experiments.classify --config=experiments/classify/configs/medical_cnn.py \
+      --workdir=runs/medical_cnn_s0 --config.seed=0 --config.cpu_devices=2 \
+      --config.data_parallel=True
+
+`:tiny`: 1 epoch on at most 50 images per class.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.classify import sweep
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = sweep.default_config()
+  config.datasets = ("pneumoniamnist", "retinamnist")
+  config.ldp_scales = (1.0, 2.0, 4.0)
+  config.target_epsilons = (1.0, 8.0)
+  # original and LDP runs: Adam 1e-3, batch 128; DP-SGD arms: momentum SGD 0.1, batch 64
+  config.model = "cnn"
+  config.epochs = 10.0
+  config.batch_size = 128
+  config.learning_rate = 1e-3
+  config.optimizer = "adam"
+  config.clip_norm = 1.0
+  config.delta = 1e-5
+  sweep.dp_recipe(config)
+  return sweep.shrink(config, arg, epochs=1.0, max_per_class=50)
