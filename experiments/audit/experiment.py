@@ -51,6 +51,7 @@ from experiments.audit import canary
 from experiments.audit import digits
 from experiments.audit import figures
 from experiments.audit import shadow_models
+from experiments.common import configs
 from experiments.common import outputs
 
 DIAGNOSTICS = "diagnostics.json"
@@ -104,14 +105,8 @@ class Config:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> Config:
     """The dataclass of a config file's ConfigDict; unknown or missing fields are refused."""
-    values = dict(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
-    names = [field.name for field in dataclasses.fields(cls)]
-    unknown, missing = sorted(set(values) - set(names)), sorted(set(names) - set(values))
-    if unknown or missing:
-      raise ValueError(f"config fields unknown: {unknown}, missing: {missing}; the fields are "
-                       f"{', '.join(names)}.")
-    values["target_epsilons"] = tuple(float(e) for e in values["target_epsilons"])
-    return cls(**values)
+    return configs.settings_from(cls, config, require_all=True,
+                                 target_epsilons=lambda eps: tuple(float(e) for e in eps))
 
   def randomness(self) -> randomness_lib.PrivateRandomness:
     return randomness_lib.from_flag(self.reproducible_private_randomness, self.seed)

@@ -28,7 +28,6 @@ import platform
 import resource
 import sys
 import time
-import typing
 from typing import Any, Callable, Mapping
 
 from absl import logging
@@ -46,6 +45,7 @@ from dpjax import randomness
 from dpjax import train
 from dpjax.models import registry
 from experiments.benchmark import opacus_compare
+from experiments.common import configs
 from experiments.common import outputs
 
 WORKLOADS = ("linear", "cnn", "resnet18", "vgg16")
@@ -105,14 +105,7 @@ def default_config() -> config_dict.ConfigDict:
   A field whose default is None is a typed placeholder, so that `--config.<field>=<value>`
   can still set it from the command line.
   """
-  hints = typing.get_type_hints(BenchmarkConfig)
-  config = config_dict.ConfigDict()
-  for field in dataclasses.fields(BenchmarkConfig):
-    if field.default is None:
-      kind = next(t for t in typing.get_args(hints[field.name]) if t is not type(None))
-      setattr(config, field.name, config_dict.placeholder(kind))
-    else:
-      setattr(config, field.name, field.default)
+  config = configs.config_dict_of(BenchmarkConfig)
   return config
 
 

@@ -32,7 +32,6 @@ import dataclasses
 import math
 import os
 import time
-import typing
 from typing import Any, Mapping
 
 from absl import logging
@@ -44,6 +43,7 @@ from dpjax import accounting
 from dpjax import randomness as randomness_lib
 from dpjax import report
 from dpjax.data import eqtl
+from experiments.common import configs
 from experiments.common import outputs
 from experiments.eqtl import dp_linear
 from experiments.eqtl import linear
@@ -172,14 +172,7 @@ def default_config() -> config_dict.ConfigDict:
   A field whose default is None is a typed placeholder, so that `--config.<field>=<value>`
   can still set it from the command line.
   """
-  hints = typing.get_type_hints(Config)
-  config = config_dict.ConfigDict()
-  for field in dataclasses.fields(Config):
-    if field.default is None:
-      kind = next(t for t in typing.get_args(hints[field.name]) if t is not type(None))
-      setattr(config, field.name, config_dict.placeholder(kind))
-    else:
-      setattr(config, field.name, field.default)
+  config = configs.config_dict_of(Config)
   for name in ROW_FIELDS:
     setattr(config, name, config_dict.placeholder(int))
   return config

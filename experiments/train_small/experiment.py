@@ -42,6 +42,7 @@ from dpjax import sampling
 from dpjax import train
 from dpjax.data import validate
 from experiments.audit import digits
+from experiments.common import configs
 from experiments.common import outputs
 
 MODELS = ("linear", "mlp")
@@ -82,13 +83,7 @@ class Config:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> Config:
     """The dataclass of a config file's ConfigDict; unknown or missing fields are refused."""
-    values = dict(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
-    names = [field.name for field in dataclasses.fields(cls)]
-    unknown, missing = sorted(set(values) - set(names)), sorted(set(names) - set(values))
-    if unknown or missing:
-      raise ValueError(f"config fields unknown: {unknown}, missing: {missing}; the fields are "
-                       f"{', '.join(names)}.")
-    return cls(**values)
+    return configs.settings_from(cls, config, require_all=True)
 
   def randomness(self) -> randomness_lib.PrivateRandomness:
     return randomness_lib.from_flag(self.reproducible_private_randomness, self.seed)
