@@ -23,6 +23,10 @@ from dpjax.per_example import (METHODS, NORMS, ClipMetrics, ClippingConfig, Loss
 
 PyTree = Any
 
+__all__ = ["METHODS", "NORMS", "ClipMetrics", "ClippingConfig", "LossFn", "as_float32",
+           "clip_factor", "clipped_grad_sum", "equal_layer_clip_norms", "in_compute_dtype",
+           "pad_to_multiple", "parameter_groups", "per_example_grads", "per_example_norms"]
+
 def pad_to_multiple(batch: PyTree, mask: jax.Array, multiple: int) -> tuple[PyTree, jax.Array]:
   """Pads a batch with masked copies of its first example up to a multiple of `multiple`.
 

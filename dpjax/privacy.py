@@ -9,7 +9,6 @@ r"""Privacy calculator: the epsilon of DP-SGD settings, or the noise for a targe
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 from absl import app

@@ -16,7 +16,7 @@ in clear (`label_epsilon=None`): the record is then NOT protected (its label is 
 exactly, per-record epsilon infinite) and `LABELS_IN_CLEAR` says so for the privacy report.
 
 Randomness. Every function takes the JAX key as an argument. For a real release that key must
-be secret and unpredictable: draw it with `secret_key()` (from the OS), never from a seed
+be secret and unpredictable: draw it with `dpjax.randomness` (`SECURE.key(stream)`: the OS), never from a seed
 stored in a config. Example i of a split gets its noise from `fold_in(split_key, i)`: one
 independent stream per example, so noise is independent across images and across pixels and
 does not depend on how the data are chunked.
@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import logging
 import math
-import secrets
 
 import jax
 import jax.numpy as jnp
@@ -43,20 +42,6 @@ LABELS_IN_CLEAR = (
     "local DP: labels released in clear (no randomised response), so the label of every "
     "training record is NOT covered by the local-DP guarantee; only the image pixels are "
     "perturbed (per-record epsilon is infinite)")
-
-
-def secret_key(*, typed: bool = False) -> jax.Array:
-  """A JAX PRNG key from the operating system's randomness (`secrets`), for real releases.
-
-  A key derived from a seed in a config or a log can be recomputed by anyone who reads it, and
-  the noise subtracted; the local-DP noise key must be unpredictable. Returns a raw uint32 key
-  (like `jax.random.PRNGKey`) by default, a typed key (like `jax.random.key`) when `typed`.
-  Never log or store it.
-  """
-  shape = jax.random.key_data(jax.random.key(0)).shape  # the default PRNG's key layout
-  words = np.frombuffer(secrets.token_bytes(4 * int(np.prod(shape))), np.uint32).reshape(shape)
-  key = jax.random.wrap_key_data(jnp.asarray(words))
-  return key if typed else jax.random.key_data(key)
 
 
 def record_epsilon(image_epsilon: float, label_epsilon: float | None) -> float:
@@ -237,7 +222,7 @@ def perturb_dataset(key: jax.Array, dataset: images_lib.ImageDataset, scale: flo
   reports as NOT covered (LABELS_IN_CLEAR). Report the guarantee with
   `ldp_epsilon(scale, num_pixels=..., label_epsilon=label_epsilon, num_classes=...)`.
 
-  `key` must be secret for a real release (`secret_key()`). Test images stay clean unless
+  `key` must be secret for a real release (`randomness.SECURE.key(...)`). Test images stay clean unless
   `perturb_test` (the studies evaluate on clean data); validation and test labels are never
   perturbed, so accuracy is measured against the true labels. Example i of a split gets its
   noise from `fold_in(split_key, i)`, so the result depends on `key` only, not on `chunk` (the

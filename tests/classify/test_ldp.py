@@ -221,11 +221,3 @@ def test_perturb_dataset_randomises_training_labels_only(caplog):
     ldp.perturb_dataset(jax.random.key(1), dataset, 1.0, label_epsilon=-1.0)
 
 
-def test_secret_key_comes_from_the_os_and_drives_the_mechanisms():
-  first, second = ldp.secret_key(), ldp.secret_key()
-  assert first.dtype == jax.random.PRNGKey(0).dtype and first.shape == jax.random.PRNGKey(0).shape
-  assert not np.array_equal(first, second)
-  typed = ldp.secret_key(typed=True)
-  assert jax.dtypes.issubdtype(typed.dtype, jax.dtypes.prng_key)
-  labels = np.arange(10, dtype=np.int32) % 3
-  assert ldp.randomized_response(typed, labels, 3, 1.0).shape == (10,)

@@ -2,7 +2,6 @@
 and Monte Carlo on a toy attribution (the identity map), Clopper-Pearson by hand."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
