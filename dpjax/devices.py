@@ -3,7 +3,7 @@
 XLA's CPU backend runs one program on one device and, for the small convolutions of DP image
 models, keeps only ~1.2-1.5 of 2 cores busy. Splitting the CPU into one device per core and
 sharding the batch over them (`dpjax.parallel`, `LoopConfig.data_parallel`) kept both busy and
-cut the CIFAR CNN's DP step from 67 to 38 ms on this 2-core machine (BUILD_NOTES.md, performance).
+cut the CIFAR CNN's DP step from 67 to 38 ms on a 2-core machine (experiments/benchmark/README.md).
 
 The split must be chosen before JAX initialises its backends, i.e. before the first computation
 or `jax.devices()` call; entry points call `use_cpu_devices` first thing in `main`.
