@@ -178,6 +178,18 @@ def default_config() -> config_dict.ConfigDict:
   return config
 
 
+def variant(config: config_dict.ConfigDict, arg: str | None, file: str, name: str,
+            **changes: Any) -> config_dict.ConfigDict:
+  """A config file's argument: none leaves `config`; `name` (e.g. "quick") sets `changes` and
+  appends `:<name>` to the run's name; anything else is refused, naming the file."""
+  if arg == name:
+    config.name = f"{config.name}:{name}"
+    config.update(changes)
+  elif arg:
+    raise ValueError(f"{file}:{arg}: unknown argument; use {file} or {file}:{name}.")
+  return config
+
+
 def make_config(config: Mapping[str, Any] | Any) -> Config:
   """The checked `Config` of a config file's ConfigDict (or a plain mapping of its fields).
 

@@ -12,16 +12,19 @@ interleaved rounds of 20 steps. The argument takes comma-separated tokens
 from experiments.benchmark import benchmark
 
 
-def base(arg: str | None, batch_size: int, steps: int):
-  """The CNN row's settings at a batch size; shared with cnn256.py."""
+def base(arg: str | None, batch_size: int, steps: int, workload: str = "cnn",
+         one_device: bool = False):
+  """The CNN row's settings at a batch size, 2 rounds against Opacus on two XLA devices; the
+  other rows' files change the workload (and linear.py keeps JAX's default single device)."""
   config = benchmark.default_config()
-  config.workload = "cnn"
+  config.workload = workload
   config.batch_size = batch_size
   config.steps = steps
   config.rounds = 2
   config.compare = "opacus"
-  config.cpu_devices = "2"
-  config.data_parallel = True
+  if not one_device:
+    config.cpu_devices = "2"
+    config.data_parallel = True
   return benchmark.apply_arg(config, arg)
 
 

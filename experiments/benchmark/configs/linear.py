@@ -9,14 +9,8 @@ interleaved rounds of 20 steps. The argument takes comma-separated tokens
 `linear.py:quick` (2 steps, 1 round: a smoke run).
 """
 
-from experiments.benchmark import benchmark
+from experiments.benchmark.configs import cnn
 
 
 def get_config(arg: str | None = None):
-  config = benchmark.default_config()
-  config.workload = "linear"
-  config.batch_size = 256
-  config.steps = 20
-  config.rounds = 2
-  config.compare = "opacus"
-  return benchmark.apply_arg(config, arg)
+  return cnn.base(arg, batch_size=256, steps=20, workload="linear", one_device=True)

@@ -7,16 +7,8 @@ Arguments as in cnn.py (e.g. `resnet18.py:ghost,jax`). Compilation takes about a
 variant on 2 cores.
 """
 
-from experiments.benchmark import benchmark
+from experiments.benchmark.configs import cnn
 
 
 def get_config(arg: str | None = None):
-  config = benchmark.default_config()
-  config.workload = "resnet18"
-  config.batch_size = 32
-  config.steps = 10
-  config.rounds = 2
-  config.compare = "opacus"
-  config.cpu_devices = "2"
-  config.data_parallel = True
-  return benchmark.apply_arg(config, arg)
+  return cnn.base(arg, batch_size=32, steps=10, workload="resnet18")

@@ -6,16 +6,8 @@ section 6, fifth row.
 Arguments as in cnn.py (e.g. `vgg16.py:ghost,jax`).
 """
 
-from experiments.benchmark import benchmark
+from experiments.benchmark.configs import cnn
 
 
 def get_config(arg: str | None = None):
-  config = benchmark.default_config()
-  config.workload = "vgg16"
-  config.batch_size = 16
-  config.steps = 10
-  config.rounds = 2
-  config.compare = "opacus"
-  config.cpu_devices = "2"
-  config.data_parallel = True
-  return benchmark.apply_arg(config, arg)
+  return cnn.base(arg, batch_size=16, steps=10, workload="vgg16")

@@ -8,6 +8,7 @@ in sweep.py, delta 1e-5. Needs the shared data (genotypes/hapmap_yri under $DPJA
 ../shared/data; `--config.data_dir=...`). `:quick` runs 5 repeats.
 """
 
+from experiments.eqtl import experiment
 from experiments.eqtl.configs import sweep
 
 
@@ -18,9 +19,4 @@ def get_config(arg: str | None = None):
   config.p = 10  # one row: all 60 samples, the first 10 SNPs
   config.num_causal = 3
   config.repeats = 20
-  if arg == "quick":
-    config.name = "hapmap:quick"
-    config.repeats = 5
-  elif arg:
-    raise ValueError(f"hapmap.py:{arg}: unknown argument; use hapmap.py or hapmap.py:quick.")
-  return config
+  return experiment.variant(config, arg, "hapmap.py", "quick", repeats=5)

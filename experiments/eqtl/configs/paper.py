@@ -26,9 +26,5 @@ def get_config(arg: str | None = None):
   config.name = "paper"
   config.rows = ROWS
   config.h2 = 0.99
-  if arg == "quick":
-    config.name = "paper:quick"
-    config.rows = tuple(row for row in ROWS if row[1] <= 100)
-  elif arg:
-    raise ValueError(f"paper.py:{arg}: unknown argument; use paper.py or paper.py:quick.")
-  return config
+  return experiment.variant(config, arg, "paper.py", "quick",
+                            rows=tuple(row for row in ROWS if row[1] <= 100))

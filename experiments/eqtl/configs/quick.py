@@ -18,11 +18,5 @@ def get_config(arg: str | None = None):
   config.name = "quick"
   config.rows = ROWS
   config.h2 = 0.9
-  if arg == "tiny":
-    config.name = "quick:tiny"
-    config.rows = ((120, 5), (90, 40))
-    config.steps = 60
-    config.learning_rate = 0.1
-  elif arg:
-    raise ValueError(f"quick.py:{arg}: unknown argument; use quick.py or quick.py:tiny.")
-  return config
+  return experiment.variant(config, arg, "quick.py", "tiny", rows=((120, 5), (90, 40)), steps=60,
+                            learning_rate=0.1)

@@ -22,9 +22,4 @@ def get_config(arg: str | None = None):
   config.epsilons = EPSILONS
   config.delta = 1e-5
   config.repeats = 3
-  if arg == "quick":
-    config.name = "sweep:quick"
-    config.repeats = 1
-  elif arg:
-    raise ValueError(f"sweep.py:{arg}: unknown argument; use sweep.py or sweep.py:quick.")
-  return config
+  return experiment.variant(config, arg, "sweep.py", "quick", repeats=1)
