@@ -1,5 +1,5 @@
 """CIFAR CNN (four 3x3 convs, 32x32x3 inputs), batch 64, the host CPU split into two XLA devices
-with the batch sharded over them. BUILD_NOTES.md section 6, second row.
+with the batch sharded over them. experiments/benchmark/README.md, second row.
 
   python -m experiments.benchmark --config=experiments/benchmark/configs/cnn.py --workdir=runs/bench_cnn
 

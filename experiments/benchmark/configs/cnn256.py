@@ -1,4 +1,4 @@
-"""CIFAR CNN at batch 256 (10 steps a round), two XLA devices. BUILD_NOTES.md section 6, third row.
+"""CIFAR CNN at batch 256 (10 steps a round), two XLA devices. experiments/benchmark/README.md, third row.
 
   python -m experiments.benchmark --config=experiments/benchmark/configs/cnn256.py --workdir=runs/bench_cnn256
 

@@ -1,5 +1,5 @@
 """Linear regression, P = 2000 parameters, batch 256, on one device (its step is ~0.2 ms; two
-devices only add a cross-device reduction). BUILD_NOTES.md section 6, first row.
+devices only add a cross-device reduction). experiments/benchmark/README.md, first row.
 
   python -m experiments.benchmark --config=experiments/benchmark/configs/linear.py --workdir=runs/bench_linear
 

@@ -1,5 +1,5 @@
-"""ResNet-18 with GroupNorm, batch 32 (10 steps a round), two XLA devices. BUILD_NOTES.md
-section 6, fourth row.
+"""ResNet-18 with GroupNorm, batch 32 (10 steps a round), two XLA devices.
+experiments/benchmark/README.md, fourth row.
 
   python -m experiments.benchmark --config=experiments/benchmark/configs/resnet18.py --workdir=runs/bench_resnet18
 

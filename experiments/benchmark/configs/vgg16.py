@@ -1,5 +1,5 @@
-"""VGG-16 without BatchNorm, batch 16 (10 steps a round), two XLA devices. BUILD_NOTES.md
-section 6, fifth row.
+"""VGG-16 without BatchNorm, batch 16 (10 steps a round), two XLA devices.
+experiments/benchmark/README.md, fifth row.
 
   python -m experiments.benchmark --config=experiments/benchmark/configs/vgg16.py --workdir=runs/bench_vgg16
 
