@@ -1,10 +1,16 @@
-"""experiments/gan.py on the "tiny" preset: outputs, their content, and what stays private."""
+"""The GAN study on configs/quick.py:tiny: outputs, their content, and what stays private.
+
+The end-to-end runs (a whole config, a subprocess) are marked slow; the fast subset checks the
+configs, the validation messages and the evaluation functions.
+"""
 
 import csv
 import dataclasses
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +19,17 @@ from dpjax import accounting
 from dpjax import randomness
 from dpjax import sampling
 from dpjax.data import trials
-from experiments import gan as gan_experiment
+from experiments.gan import evaluation
+from experiments.gan import experiment
+from experiments.gan import settings
+from experiments.gan.configs import benchmark
+from experiments.gan.configs import btheb
+from experiments.gan.configs import paper
+from experiments.gan.configs import pbcseq
+from experiments.gan.configs import quick
+
+CONFIGS = {"quick": quick, "paper": paper, "pbcseq": pbcseq, "btheb": btheb,
+           "benchmark": benchmark}
 
 PRIVATE_KEYS = {"loss", "g_loss", "d_loss", "train_loss", "train_accuracy", "mean_grad_norm",
                 "clipped_fraction", "batch_size", "num_nonfinite", "memorisation_final"}
@@ -22,10 +38,11 @@ PRIVATE_KEYS = {"loss", "g_loss", "d_loss", "train_loss", "train_accuracy", "mea
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("gan"))
-  config = dataclasses.replace(gan_experiment.preset("tiny"), prefix="t_")
-  gan_experiment.train_and_evaluate(config, workdir)
+  config = quick.get_config("tiny")
+  config.prefix = "t_"
+  experiment.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "t_results.json")) as f:
-    return config, workdir, json.load(f)
+    return settings.make_config(config), workdir, json.load(f)
 
 
 def _check_scores(scores):
@@ -44,6 +61,7 @@ def _keys(value):
       yield from _keys(v)
 
 
+@pytest.mark.slow
 def test_results_hold_finite_scores_and_best_epochs_are_chosen_on_validation(run):
   config, _, results = run
   assert (results["num_train"] + results["num_validation"] + results["num_test"]
@@ -68,6 +86,7 @@ def test_results_hold_finite_scores_and_best_epochs_are_chosen_on_validation(run
   assert results["variants"]["nonprivate"]["epsilon"] == "inf"
 
 
+@pytest.mark.slow
 def test_epsilon_equals_the_accountants_for_the_runs_steps(run):
   config, _, results = run
   private = results["variants"]["private"]
@@ -82,6 +101,7 @@ def test_epsilon_equals_the_accountants_for_the_runs_steps(run):
   assert config.target_epsilon * 0.98 <= results["epsilon"] <= config.target_epsilon
 
 
+@pytest.mark.slow
 def test_trajectories_plots_and_tables(run):
   config, workdir, results = run
   assert results["real_trajectories_of"] == "held-out test participants"
@@ -109,6 +129,7 @@ def test_trajectories_plots_and_tables(run):
     assert json.load(f)["epochs"] == config.epochs
 
 
+@pytest.mark.slow
 def test_results_and_tables_hold_no_training_statistics(run):
   _, workdir, results = run
   assert not PRIVATE_KEYS & set(_keys(results))
@@ -126,6 +147,7 @@ def test_results_and_tables_hold_no_training_statistics(run):
   assert os.path.exists(os.path.join(workdir, "dp_gan", "private", "checkpoint.msgpack"))
 
 
+@pytest.mark.slow
 def test_privacy_report_names_the_released_files(run):
   config, workdir, results = run
   with open(os.path.join(workdir, "privacy_report.json")) as f:
@@ -154,11 +176,11 @@ def test_privacy_report_names_the_released_files(run):
 
 
 def test_a_secret_seed_stays_out_of_released_text():
-  config = dataclasses.replace(gan_experiment.preset("tiny"), seed=1234,
+  config = dataclasses.replace(settings.make_config(quick.get_config("tiny")), seed=1234,
                                reproducible_private_randomness=True)
   data = trials.simulate_sprint_like(1234, 10)
   secret = randomness.from_flag(True, 1234)
-  describe = gan_experiment._public_description  # pylint: disable=protected-access
+  describe = experiment._public_description  # pylint: disable=protected-access
   assert "1234" in data.description
   assert "1234" not in describe(data, config, secret)
   assert describe(data, config, randomness.SECURE) == data.description
@@ -168,21 +190,88 @@ def test_memorisation_check_flags_a_copy_of_the_training_data():
   rng = np.random.default_rng(0)
   train_x = rng.uniform(size=(200, 3, 12))
   heldout_x = rng.uniform(size=(50, 3, 12))
-  copied = gan_experiment.memorisation_check(train_x[:100], train_x, heldout_x, seed=0)
-  fresh = gan_experiment.memorisation_check(rng.uniform(size=(100, 3, 12)), train_x, heldout_x,
-                                            seed=0)
+  copied = evaluation.memorisation_check(train_x[:100], train_x, heldout_x, seed=0)
+  fresh = evaluation.memorisation_check(rng.uniform(size=(100, 3, 12)), train_x, heldout_x,
+                                        seed=0)
   # Copies of training records sit on (a quarter of them on exactly) their reference records.
   assert copied["closer_to_train_fraction"] > 0.2 and copied["exact_copies_of_train"] > 0
   assert copied["median_ratio_train_over_heldout"] < fresh["median_ratio_train_over_heldout"]
   assert 0.3 < fresh["closer_to_train_fraction"] < 0.7
 
 
-def test_bad_settings_name_the_flag():
-  with pytest.raises(ValueError, match="--preset"):
-    gan_experiment.preset("huge")
-  with pytest.raises(ValueError, match="--dataset"):
-    gan_experiment.GanExperimentConfig(dataset="mimic")
-  with pytest.raises(ValueError, match="--noise"):
-    gan_experiment.GanExperimentConfig(noise=0.0)
-  with pytest.raises(ValueError, match="--validation_fraction"):
-    gan_experiment.GanExperimentConfig(validation_fraction=0.0)
+def test_bad_settings_name_the_config_field():
+  with pytest.raises(ValueError, match="quick.py:huge"):
+    quick.get_config("huge")
+  with pytest.raises(ValueError, match="--config.dataset"):
+    settings.Config(dataset="mimic")
+  with pytest.raises(ValueError, match="--config.noise_multiplier"):
+    settings.Config(noise_multiplier=0.0)
+  with pytest.raises(ValueError, match="--config.validation_fraction"):
+    settings.Config(validation_fraction=0.0)
+  with pytest.raises(ValueError, match="--config.learning_rate"):
+    settings.Config(learning_rate=-1.0)
+  with pytest.raises(ValueError, match="--config.mode"):
+    settings.Config(mode="sweep")
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['lr'\]; valid fields"):
+    settings.make_config({**quick.get_config().to_dict(), "lr": 2e-4})
+  config = quick.get_config()
+  config.lock()
+  with pytest.raises(AttributeError):
+    config.clip_value = 1e-4  # the old name: refused by the locked ConfigDict
+
+
+@pytest.mark.parametrize("name,args", [("quick", (None, "tiny")), ("paper", (None, "quick")),
+                                       ("pbcseq", (None, "tiny")), ("btheb", (None, "tiny")),
+                                       ("benchmark", (None, "paper", "tiny"))])
+def test_every_config_file_makes_a_valid_config(name, args):
+  for arg in args:
+    config = settings.make_config(CONFIGS[name].get_config(arg))
+    assert config.name == (name if arg is None else f"{name}:{arg}")
+  with pytest.raises(ValueError, match=f"{name}.py:nonsense"):
+    CONFIGS[name].get_config("nonsense")
+
+
+def test_the_quick_config_is_the_old_quick_preset():
+  """The settings the README's quick results were measured with."""
+  config = settings.make_config(quick.get_config())
+  assert (config.dataset, config.num_participants, config.epochs, config.batch_size,
+          config.learning_rate, config.clip_norm, config.target_epsilon, config.delta,
+          config.eval_every, config.generator_conv_channels, config.discriminator_width,
+          config.num_synthetic) == ("sprint_sim", 1000, 20, 32, 2e-4, 1e-4, 2.0, 1e-5, 4, 64,
+                                    64, 1000)
+  assert settings.make_config(paper.get_config()) == settings.Config()
+
+
+@pytest.mark.slow
+def test_the_command_line_reports_a_bad_field_without_a_traceback(tmp_path):
+  process = subprocess.run(
+      [sys.executable, "-m", "experiments.gan", "--config=experiments/gan/configs/quick.py:tiny",
+       f"--workdir={tmp_path}", "--config.learning_rate=-1"],
+      capture_output=True, text=True, timeout=300,
+      cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+  assert process.returncode == 1, process.stderr
+  assert "gan: error: --config.learning_rate=-1.0 must be > 0" in process.stderr
+  assert "Traceback" not in process.stderr
+
+
+@pytest.mark.slow
+def test_benchmark_mode_writes_the_throughput_of_each_batch_size(tmp_path):
+  results = experiment.train_and_evaluate(benchmark.get_config("tiny"), str(tmp_path))
+  with open(tmp_path / "benchmark.json") as f:
+    written = json.load(f)
+  assert [row["batch_size"] for row in written["rows"]] == [1, 4]
+  assert all(row["examples_per_sec"] > 0 for row in written["rows"])
+  assert "examples_per_sec" in experiment.summarize(results)
+  assert not (tmp_path / "privacy_report.json").exists()  # no participant was read
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pbcseq", "btheb"])
+def test_the_real_trials_run_end_to_end(name, shared_data_dir, tmp_path):
+  config = CONFIGS[name].get_config("tiny")
+  config.data_dir = str(shared_data_dir)
+  results = experiment.train_and_evaluate(config, str(tmp_path))
+  assert results["dataset"] == name
+  _check_scores(results["variants"]["private"]["final"])
+  assert results["epsilon"] <= config.target_epsilon
+  assert os.path.exists(tmp_path / "privacy_report.json")

@@ -1,7 +1,8 @@
-"""The private discriminator step and GAN training on the engine (dpjax.gan_training).
+"""The private discriminator step and GAN training on the engine (experiments.gan.training).
 
 Tiny networks keep compilation (which dominates on 2 cores) to a few functions; the training
-runs share one compiled step through `make_gan_step`'s cache.
+runs share one compiled step through `make_gan_step`'s cache. The tests that train are marked
+slow.
 """
 
 import dataclasses
@@ -17,15 +18,15 @@ from scipy import stats
 
 from dpjax import accounting
 from dpjax import clipping
-from dpjax import gan_training
 from dpjax import randomness
 from dpjax import sampling
 from dpjax import train
 from dpjax.data import trials
-from dpjax.models import gan
+from experiments.gan import models
+from experiments.gan import training
 
-GENERATOR = gan.Generator(coarse_channels=4, conv_channels=8)
-DISCRIMINATOR = gan.Discriminator(dense_width=16)
+GENERATOR = models.Generator(coarse_channels=4, conv_channels=8)
+DISCRIMINATOR = models.Discriminator(dense_width=16)
 
 
 def _numpy_d_params(seed=0):
@@ -52,7 +53,7 @@ def test_pair_clipping_at_batch_4_equals_a_loop_of_single_pair_clipped_gradients
   pairs = _pairs(5)
   mask = jnp.array([True, True, True, True, False])  # 4 real pairs and one padding slot
   single_grad = jax.jit(jax.grad(
-      lambda p, pair: gan_training.pair_loss(p, pair, DISCRIMINATOR)))
+      lambda p, pair: training.pair_loss(p, pair, DISCRIMINATOR)))
   flat = lambda tree: np.concatenate([np.ravel(l) for l in jax.tree.leaves(tree)]).astype(np.float64)
   per_pair = [flat(single_grad(d_params, jax.tree.map(lambda a: a[i], pairs))) for i in range(4)]
   norms = np.array([np.linalg.norm(g) for g in per_pair])
@@ -61,8 +62,8 @@ def test_pair_clipping_at_batch_4_equals_a_loop_of_single_pair_clipped_gradients
   expected = sum(g * min(1.0, clip_norm / n) for g, n in zip(per_pair, norms)) / expected_batch_size
 
   dp = train.DPConfig(clipping.ClippingConfig(clip_norm), 0.0, expected_batch_size)
-  loss_fn = gan_training.pair_loss_fn(DISCRIMINATOR)
-  grad_fn = jax.jit(lambda p, b, m, k: gan_training.discriminator_gradient(
+  loss_fn = training.pair_loss_fn(DISCRIMINATOR)
+  grad_fn = jax.jit(lambda p, b, m, k: training.discriminator_gradient(
       loss_fn, p, b, m, k, dp, expected_batch_size))
   grad, metrics = grad_fn(d_params, pairs, mask, jax.random.PRNGKey(1))
   np.testing.assert_allclose(flat(grad), expected, rtol=1e-3, atol=1e-5)
@@ -72,22 +73,22 @@ def test_pair_clipping_at_batch_4_equals_a_loop_of_single_pair_clipped_gradients
   # The noise is added once to the sum: its standard deviation is sigma * C / expected batch.
   sigma = 3.0
   noisy_dp = dataclasses.replace(dp, noise_multiplier=sigma)
-  noisy, _ = jax.jit(lambda p, b, m, k: gan_training.discriminator_gradient(
+  noisy, _ = jax.jit(lambda p, b, m, k: training.discriminator_gradient(
       loss_fn, p, b, m, k, noisy_dp, expected_batch_size))(d_params, pairs, mask,
                                                                  jax.random.PRNGKey(2))
   residual = flat(noisy) - expected
   assert np.std(residual) == pytest.approx(sigma * clip_norm / expected_batch_size, rel=0.05)
 
   # Without privacy: the unclipped mean over real pairs, divided by the same expected size.
-  plain, _ = jax.jit(lambda p, b, m, k: gan_training.discriminator_gradient(
+  plain, _ = jax.jit(lambda p, b, m, k: training.discriminator_gradient(
       loss_fn, p, b, m, k, None, expected_batch_size))(d_params, pairs, mask,
                                                              jax.random.PRNGKey(1))
   np.testing.assert_allclose(flat(plain), sum(per_pair) / expected_batch_size, rtol=1e-3,
                              atol=1e-5)
 
 
-CONFIG = gan_training.GanTrainConfig(batch_size=8, learning_rate=1e-3, clip_norm=0.1,
-                                     noise_multiplier=1.1)
+CONFIG = training.GanTrainConfig(batch_size=8, learning_rate=1e-3, clip_norm=0.1,
+                                 noise_multiplier=1.1)
 DELTA = 1e-3
 SECRET = randomness.PrivateRandomness(secret_seed=0)  # the opt-in: reproducible private randomness
 PRIVATE_KEYS = {"loss", "g_loss", "clipped_fraction", "mean_grad_norm", "num_nonfinite",
@@ -96,10 +97,10 @@ PRIVATE_KEYS = {"loss", "g_loss", "clipped_fraction", "mean_grad_norm", "num_non
 
 def _train(workdir=None, epochs=2, seed=0, source=SECRET, on_eval=None):
   data = trials.simulate_sprint_like(0, 48)
-  return gan_training.train_gan(data.x, data.arm, generator=GENERATOR,
-                                discriminator=DISCRIMINATOR, config=CONFIG, epochs=epochs,
-                                seed=seed, delta=DELTA, workdir=workdir, randomness=source,
-                                eval_every_epochs=1 if on_eval else None, on_eval=on_eval)
+  return training.train_gan(data.x, data.arm, generator=GENERATOR,
+                            discriminator=DISCRIMINATOR, config=CONFIG, epochs=epochs,
+                            seed=seed, delta=DELTA, workdir=workdir, randomness=source,
+                            eval_every_epochs=1 if on_eval else None, on_eval=on_eval)
 
 
 def _leaves(params):
@@ -117,6 +118,7 @@ def two_epochs():
   return result, evaluated
 
 
+@pytest.mark.slow
 def test_steps_come_from_steps_for_epochs_and_epsilon_is_the_accountants(two_epochs):
   result, _ = two_epochs
   steps = sampling.steps_for_epochs(2, 48, 8)
@@ -128,6 +130,7 @@ def test_steps_come_from_steps_for_epochs_and_epsilon_is_the_accountants(two_epo
   assert result.history[-1]["epsilon"] > result.history[0]["epsilon"] > 0
 
 
+@pytest.mark.slow
 def test_on_eval_sees_the_step_and_its_results_are_public_history(two_epochs):
   result, evaluated = two_epochs
   assert evaluated == [6, 12]
@@ -135,6 +138,7 @@ def test_on_eval_sees_the_step_and_its_results_are_public_history(two_epochs):
                                                                          (12, 2.0, 12.0)]
 
 
+@pytest.mark.slow
 def test_training_statistics_are_private_not_in_the_public_history(two_epochs):
   result, _ = two_epochs
   for entry in result.history:
@@ -144,11 +148,13 @@ def test_training_statistics_are_private_not_in_the_public_history(two_epochs):
     assert math.isfinite(entry["loss"]) and math.isfinite(entry["g_loss"])
 
 
+@pytest.mark.slow
 def test_the_step_compiles_once(two_epochs):
-  step = gan_training.compiled_step(GENERATOR, DISCRIMINATOR, CONFIG, 8.0)
+  step = training.compiled_step(GENERATOR, DISCRIMINATOR, CONFIG, 8.0)
   assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_same_seed_gives_different_private_parameters_by_default():
   """--seed only initialises: batches and every training key come from the OS CSPRNG."""
   a = _train(epochs=1, source=randomness.SECURE)
@@ -159,6 +165,7 @@ def test_same_seed_gives_different_private_parameters_by_default():
       accounting.compute_epsilon([phase], DELTA), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_reproducible_randomness_is_identical_and_a_resume_matches_an_uninterrupted_run(
     two_epochs, tmp_path):
   uninterrupted, _ = two_epochs
@@ -177,6 +184,7 @@ def test_reproducible_randomness_is_identical_and_a_resume_matches_an_uninterrup
   assert [h["step"] for h in resumed.history] == [6, 12]
 
 
+@pytest.mark.slow
 def test_workdir_keeps_checkpoint_and_training_statistics_under_private(tmp_path):
   workdir = str(tmp_path / "run")
   _train(workdir, epochs=1)
@@ -184,13 +192,13 @@ def test_workdir_keeps_checkpoint_and_training_statistics_under_private(tmp_path
   assert os.path.exists(os.path.join(private, "checkpoint.msgpack"))
   with open(os.path.join(private, "metrics.jsonl")) as f:
     assert "loss" in json.loads(f.readline())
-  with open(os.path.join(workdir, gan_training.PROGRESS_FILE)) as f:
+  with open(os.path.join(workdir, training.PROGRESS_FILE)) as f:
     for line in f:
       assert not PRIVATE_KEYS & set(json.loads(line))
 
 
 def test_calibrated_noise_spends_the_target_over_the_run():
-  sigma = gan_training.calibrate_noise(1.5, 1e-5, num_train=5000, batch_size=16, epochs=3)
+  sigma = training.calibrate_noise(1.5, 1e-5, num_train=5000, batch_size=16, epochs=3)
   phase = accounting.PrivacyPhase(sigma, 5000, 16, steps=sampling.steps_for_epochs(3, 5000, 16))
   assert 1.5 * 0.98 <= accounting.compute_epsilon([phase], 1e-5) <= 1.5
 
@@ -198,7 +206,7 @@ def test_calibrated_noise_spends_the_target_over_the_run():
 def test_paper_settings_pad_a_batch_of_one_sanely():
   """Batch 1 of ~5200 participants for 500 epochs: 2.6 million steps at one padded shape."""
   num_train = 5202  # 80% of SPRINT's 6502
-  sampler = gan_training.make_sampler(num_train, gan_training.GanTrainConfig())
+  sampler = training.make_sampler(num_train, training.GanTrainConfig())
   steps = sampler.steps_for_epochs(500)
   overflow_per_step = stats.binom.sf(sampler.padded_size, num_train, 1 / num_train)
   assert sampler.padded_size <= 12
@@ -207,8 +215,8 @@ def test_paper_settings_pad_a_batch_of_one_sanely():
 
 def test_bad_inputs_say_what_to_fix():
   with pytest.raises(ValueError, match="noise_multiplier > 0"):
-    gan_training.GanTrainConfig(noise_multiplier=0.0)
+    training.GanTrainConfig(noise_multiplier=0.0)
   with pytest.raises(ValueError, match="features= and visits="):
-    gan_training.train_gan(np.zeros((10, 6, 4), np.float32), np.zeros(10, np.int32),
-                           generator=GENERATOR, discriminator=DISCRIMINATOR, config=CONFIG,
-                           epochs=1, seed=0, delta=1e-3)
+    training.train_gan(np.zeros((10, 6, 4), np.float32), np.zeros(10, np.int32),
+                       generator=GENERATOR, discriminator=DISCRIMINATOR, config=CONFIG,
+                       epochs=1, seed=0, delta=1e-3)

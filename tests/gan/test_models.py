@@ -1,4 +1,4 @@
-"""Tests for dpjax.models.gan: the SPRINT_gan AC-GAN and its losses.
+"""Tests for experiments.gan.models: the SPRINT_gan AC-GAN and its losses.
 
 Compilation dominates on 2 CPU cores (Flax's truncated-normal initialisers alone take seconds),
 so behaviour tests use narrow versions of the study's architecture with NumPy-drawn parameters,
@@ -16,11 +16,11 @@ import optax
 import pytest
 
 from dpjax.data import trials
-from dpjax.models import gan
+from experiments.gan import models
 
-GENERATOR = gan.Generator(coarse_channels=8, conv_channels=16)
-DISCRIMINATOR = gan.Discriminator(dense_width=32)
-loss_per_example = functools.partial(gan.discriminator_loss_per_example,
+GENERATOR = models.Generator(coarse_channels=8, conv_channels=16)
+DISCRIMINATOR = models.Discriminator(dense_width=32)
+loss_per_example = functools.partial(models.discriminator_loss_per_example,
                                      discriminator=DISCRIMINATOR)
 
 
@@ -56,7 +56,7 @@ def _bce(logit, label):
 
 
 def test_parameter_counts_match_the_study_architecture():
-  g_params, d_params = jax.eval_shape(gan.init_params, jax.random.key(0))
+  g_params, d_params = jax.eval_shape(models.init_params, jax.random.key(0))
   # Generator: embedding 2x100, Dense 100->256, Dense 256->32*3*4, conv 5x5 32->256,
   # conv 4x4 256->1 (weights + biases), as in SPRINT_gan dp_gan.py.
   expected_generator = (2 * 100 + (100 * 256 + 256) + (256 * 384 + 384)
@@ -65,20 +65,21 @@ def test_parameter_counts_match_the_study_architecture():
   # 2*6*64->1024, Dense 1024->1024, two 1024->1 heads.
   expected_discriminator = ((9 * 32 + 32) + (9 * 32 * 64 + 64) + (768 * 1024 + 1024)
                             + (1024 * 1024 + 1024) + 2 * (1024 + 1))
-  assert gan.count_params(g_params) == expected_generator
-  assert gan.count_params(d_params) == expected_discriminator
+  assert models.count_params(g_params) == expected_generator
+  assert models.count_params(d_params) == expected_discriminator
   # Only parameters: no BatchNorm statistics, so per-example gradients stay per example.
-  variables = jax.eval_shape(gan.Discriminator().init, jax.random.key(1), jnp.zeros((1, 3, 12)))
+  variables = jax.eval_shape(models.Discriminator().init, jax.random.key(1),
+                             jnp.zeros((1, 3, 12)))
   assert set(variables) == {"params"}
 
 
 def test_full_size_models_on_a_batch_of_one():
-  g_params, d_params = _random_models(gan.Generator(), gan.Discriminator())
+  g_params, d_params = _random_models(models.Generator(), models.Discriminator())
 
   @jax.jit
   def generate_and_score(latent, arm):
-    x = gan.generate(g_params, latent, arm)
-    return x, gan.discriminator_loss_per_example(d_params, x[0], arm[0], 0.0)
+    x = models.generate(g_params, latent, arm)
+    return x, models.discriminator_loss_per_example(d_params, x[0], arm[0], 0.0)
 
   latent = np.random.default_rng(1).uniform(-1, 1, (1, 100)).astype(np.float32)
   x, loss = generate_and_score(latent, np.ones((1,), np.int32))
@@ -89,14 +90,14 @@ def test_full_size_models_on_a_batch_of_one():
 
 @pytest.mark.parametrize("features,visits", [(6, 4), (1, 5)])
 def test_shapes_and_range_for_other_grids(features, visits):
-  generator = gan.Generator(features=features, visits=visits, coarse_channels=8,
-                            conv_channels=16)
+  generator = models.Generator(features=features, visits=visits, coarse_channels=8,
+                               conv_channels=16)
   g_params, d_params = _random_models(generator)
 
   @jax.jit
   def generate_and_classify(latent, arm):
-    x = gan.generate(g_params, latent, arm, generator)
-    return x, gan.discriminator_logits(d_params, x, DISCRIMINATOR)
+    x = models.generate(g_params, latent, arm, generator)
+    return x, models.discriminator_logits(d_params, x, DISCRIMINATOR)
 
   latent = np.random.default_rng(1).uniform(-1, 1, (2, 100)).astype(np.float32)
   x, (real_logit, arm_logit) = generate_and_classify(latent, np.array([0, 1]))
@@ -108,7 +109,7 @@ def test_shapes_and_range_for_other_grids(features, visits):
 
 def test_same_key_same_samples_and_arm_conditioning(params):
   g_params, _ = params
-  draw = jax.jit(functools.partial(gan.sample, g_params, n=16, generator=GENERATOR))
+  draw = jax.jit(functools.partial(models.sample, g_params, n=16, generator=GENERATOR))
   x, arm = draw(jax.random.key(5))
   x_again, arm_again = draw(jax.random.key(5))
   x_other, _ = draw(jax.random.key(6))
@@ -117,14 +118,14 @@ def test_same_key_same_samples_and_arm_conditioning(params):
   assert x.shape == (16, 3, 12) and set(np.unique(arm)) <= {0, 1}
   # The arm changes the output for the same latent noise.
   latent = np.random.default_rng(7).uniform(-1, 1, (2, 100)).astype(np.float32)
-  both_arms = jax.jit(functools.partial(gan.generate, g_params, generator=GENERATOR))(
+  both_arms = jax.jit(functools.partial(models.generate, g_params, generator=GENERATOR))(
       np.concatenate([latent, latent]), np.array([0, 0, 1, 1]))
   both_arms = np.asarray(both_arms)
   assert np.max(np.abs(both_arms[:2] - both_arms[2:])) > 1e-4
 
 
 def test_sample_arms_follow_arm_probs():
-  draw = jax.jit(gan.sample_arms, static_argnames="n")
+  draw = jax.jit(models.sample_arms, static_argnames="n")
   key = jax.random.key(0)
   assert np.asarray(draw(key, 20_000, (0.0, 1.0))).sum() == 20_000
   assert np.asarray(draw(key, 20_000, (1.0, 0.0))).sum() == 0
@@ -132,7 +133,7 @@ def test_sample_arms_follow_arm_probs():
   # A scalar is P(arm = 1).
   np.testing.assert_array_equal(draw(key, 20_000, 0.3), draw(key, 20_000, (0.7, 0.3)))
   with pytest.raises(ValueError, match="arm_probs"):
-    gan.sample_arms(key, 3, (0.2, 0.3, 0.5))
+    models.sample_arms(key, 3, (0.2, 0.3, 0.5))
 
 
 def test_per_example_loss_matches_hand_computation_and_vmaps_independently(params):
@@ -144,7 +145,7 @@ def test_per_example_loss_matches_hand_computation_and_vmaps_independently(param
 
   @jax.jit
   def everything(d_params, x, arm, is_real):
-    logits = gan.discriminator_logits(d_params, x, DISCRIMINATOR)
+    logits = models.discriminator_logits(d_params, x, DISCRIMINATOR)
     batched = loss_per_example(d_params, x, arm, is_real)
     vmapped = jax.vmap(loss_per_example, in_axes=(None, 0, 0, 0))(d_params, x, arm, is_real)
     grads = jax.vmap(jax.grad(loss_per_example), in_axes=(None, 0, 0, 0))(
@@ -177,13 +178,14 @@ def test_dropout_only_with_a_key(params):
   assert deterministic == float(loss())
 
 
+@pytest.mark.slow  # trains for several seconds
 def test_non_private_training_steps_reduce_both_losses(params):
   """Adam steps: D learns to tell simulated SPRINT data from G's samples and to read their arms;
   then G, against that D, lowers its own (finite) loss without touching D."""
   g_params, d_params = params
   data = trials.simulate_sprint_like(seed=0, n=256)
   optimizer = optax.adam(1e-3)
-  generator_loss = functools.partial(gan.generator_loss, generator=GENERATOR,
+  generator_loss = functools.partial(models.generator_loss, generator=GENERATOR,
                                      discriminator=DISCRIMINATOR)
 
   def mean_d_loss(d_params, x, arm, is_real):
@@ -206,7 +208,7 @@ def test_non_private_training_steps_reduce_both_losses(params):
 
   rng = np.random.default_rng(2)
   fake_arm = rng.integers(0, 2, 256)
-  fake_x = jax.jit(functools.partial(gan.generate, generator=GENERATOR))(
+  fake_x = jax.jit(functools.partial(models.generate, generator=GENERATOR))(
       g_params, rng.uniform(-1, 1, (256, 100)).astype(np.float32), fake_arm)
   x = np.concatenate([data.x, np.asarray(fake_x)])
   arm = np.concatenate([data.arm, fake_arm])

@@ -1,4 +1,4 @@
-"""Differentially private training of the SPRINT_gan AC-GAN (`dpjax.models.gan`).
+"""Differentially private training of the SPRINT_gan AC-GAN (`experiments.gan.models`).
 
 Only the discriminator reads real participants, so only its update is privatised. Each
 discriminator step draws a Poisson batch of real participants and pairs every one of them with a
@@ -56,7 +56,7 @@ from dpjax import engine
 from dpjax import randomness as randomness_lib
 from dpjax import sampling
 from dpjax import train
-from dpjax.models import gan
+from experiments.gan import models
 
 DISCRIMINATOR, GENERATOR = "discriminator", "generator"
 PROGRESS_FILE = "progress.jsonl"  # the public record `dpjax.engine` appends in its workdir
@@ -114,7 +114,7 @@ class GanTrainConfig:
 
 # ----- the per-example (pair) loss and the discriminator's gradient ---------------------------
 
-def pair_loss(d_params, pair: dict, discriminator: gan.Discriminator) -> jax.Array:
+def pair_loss(d_params, pair: dict, discriminator: models.Discriminator) -> jax.Array:
   """Discriminator loss of one (real, generated) pair: real/fake and arm heads on both.
 
   `pair` holds "real" (F, V), "real_arm" (), "fake" (F, V), "fake_arm" () and, for dropout,
@@ -123,27 +123,27 @@ def pair_loss(d_params, pair: dict, discriminator: gan.Discriminator) -> jax.Arr
   keys = (None, None)
   if "dropout_key" in pair:
     keys = tuple(jax.random.split(pair["dropout_key"]))
-  real = gan.discriminator_loss_per_example(d_params, pair["real"], pair["real_arm"], 1.0,
-                                            discriminator, keys[0])
-  fake = gan.discriminator_loss_per_example(d_params, pair["fake"], pair["fake_arm"], 0.0,
-                                            discriminator, keys[1])
+  real = models.discriminator_loss_per_example(d_params, pair["real"], pair["real_arm"], 1.0,
+                                               discriminator, keys[0])
+  fake = models.discriminator_loss_per_example(d_params, pair["fake"], pair["fake_arm"], 0.0,
+                                               discriminator, keys[1])
   return real + fake
 
 
 # Cached so that every run with the same discriminator hands the engine the same function, and
 # the compiled step (cached on it) is reused.
 @functools.lru_cache(maxsize=16)
-def pair_loss_fn(discriminator: gan.Discriminator) -> Callable:
+def pair_loss_fn(discriminator: models.Discriminator) -> Callable:
   """`loss_fn(d_params, pair)`: the per-example function of the private step."""
   return functools.partial(pair_loss, discriminator=discriminator)
 
 
-def make_pairs(g_params, real_x, real_arm, key, generator: gan.Generator, arm_probs: float,
+def make_pairs(g_params, real_x, real_arm, key, generator: models.Generator, arm_probs: float,
                dropout: bool) -> dict:
   """One generated partner (and a dropout key) for each slot of the padded real batch."""
   fake_key, dropout_key = jax.random.split(key)
-  fake, fake_arm = gan.sample(jax.lax.stop_gradient(g_params), fake_key, real_x.shape[0],
-                              arm_probs, generator)
+  fake, fake_arm = models.sample(jax.lax.stop_gradient(g_params), fake_key, real_x.shape[0],
+                                 arm_probs, generator)
   pairs = {"real": real_x, "real_arm": real_arm, "fake": fake, "fake_arm": fake_arm}
   if dropout:
     pairs["dropout_key"] = jax.random.split(dropout_key, real_x.shape[0])
@@ -207,7 +207,7 @@ def _apply(optimizer, name: str, params: dict, opt_state: dict, grad) -> tuple[d
 
 # Cached so that runs with the same networks and settings (a resume, a repeat) compile once.
 @functools.lru_cache(maxsize=16)
-def make_gan_step(generator: gan.Generator, discriminator: gan.Discriminator,
+def make_gan_step(generator: models.Generator, discriminator: models.Discriminator,
                   config: GanTrainConfig, expected_batch_size: float, loss_fn: Callable,
                   optimizer: optax.GradientTransformation, dp: train.DPConfig | None,
                   generator_step: bool = True, jit: bool = True):
@@ -229,7 +229,7 @@ def make_gan_step(generator: gan.Generator, discriminator: gan.Discriminator,
                                            noise_key, dp, expected_batch_size)
     params, opt_state = _apply(optimizer, DISCRIMINATOR, params, opt_state, grad)
     if generator_step:
-      g_loss, g_grad = jax.value_and_grad(gan.generator_loss)(
+      g_loss, g_grad = jax.value_and_grad(models.generator_loss)(
           params[GENERATOR], params[DISCRIMINATOR], g_key, generator_batch, generator,
           discriminator, config.arm_probs)
       params, opt_state = _apply(optimizer, GENERATOR, params, opt_state, g_grad)
@@ -239,7 +239,7 @@ def make_gan_step(generator: gan.Generator, discriminator: gan.Discriminator,
   return jax.jit(step, donate_argnames="state") if jit else step
 
 
-def step_factory(generator: gan.Generator, discriminator: gan.Discriminator,
+def step_factory(generator: models.Generator, discriminator: models.Discriminator,
                  config: GanTrainConfig, expected_batch_size: float):
   """The engine's `make_step(loss_fn, optimizer, dp, mesh)` for the GAN: `loss_fn` is the pair
   loss and `optimizer` the per-network one that `train_gan` gave the engine."""
@@ -252,7 +252,7 @@ def step_factory(generator: gan.Generator, discriminator: gan.Discriminator,
   return make_step
 
 
-def compiled_step(generator: gan.Generator, discriminator: gan.Discriminator,
+def compiled_step(generator: models.Generator, discriminator: models.Discriminator,
                   config: GanTrainConfig, expected_batch_size: float):
   """The compiled step `train_gan` runs for these settings (the same cached object)."""
   return make_gan_step(generator, discriminator, config, expected_batch_size,
@@ -282,9 +282,10 @@ class _CountingSteps:
 
 # ----- initialisation, sampling, accounting -----------------------------------------------------
 
-def init_params(seed: int, generator: gan.Generator, discriminator: gan.Discriminator) -> dict:
+def init_params(seed: int, generator: models.Generator,
+                discriminator: models.Discriminator) -> dict:
   """{"discriminator", "generator"} initial parameters: a public function of `seed`."""
-  g_params, d_params = gan.init_params(jax.random.PRNGKey(seed), generator, discriminator)
+  g_params, d_params = models.init_params(jax.random.PRNGKey(seed), generator, discriminator)
   return {DISCRIMINATOR: d_params, GENERATOR: g_params}
 
 
@@ -354,9 +355,9 @@ def read_public_history(workdir: str) -> list[dict]:
   return [by_step[s] for s in sorted(by_step)]
 
 
-def train_gan(train_x: np.ndarray, train_arm: np.ndarray, *, generator: gan.Generator,
-              discriminator: gan.Discriminator, config: GanTrainConfig, epochs: float, seed: int,
-              delta: float, accountant: str = "rdp",
+def train_gan(train_x: np.ndarray, train_arm: np.ndarray, *, generator: models.Generator,
+              discriminator: models.Discriminator, config: GanTrainConfig, epochs: float,
+              seed: int, delta: float, accountant: str = "rdp",
               randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE,
               stream: str = "gan", workdir: str | None = None,
               eval_every_epochs: float | None = None,
@@ -408,7 +409,7 @@ def train_gan(train_x: np.ndarray, train_arm: np.ndarray, *, generator: gan.Gene
 
 # ----- throughput -----------------------------------------------------------------------------
 
-def discriminator_throughput(generator: gan.Generator, discriminator: gan.Discriminator,
+def discriminator_throughput(generator: models.Generator, discriminator: models.Discriminator,
                              config: GanTrainConfig, batch_sizes, num_examples: int = 512,
                              seed: int = 0, repeats: int = 3) -> list[dict]:
   """Examples/s of the private discriminator step (pairs, clipping, noise, Adam) per batch size.
