@@ -43,7 +43,6 @@ import optax
 from dpjax import accounting
 from dpjax import auditing
 from dpjax import clipping
-from dpjax import randomness as randomness_lib
 from dpjax import report
 from dpjax import train
 from dpjax.data import validate
@@ -58,7 +57,7 @@ DIAGNOSTICS = "diagnostics.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(configs.PrivateRunSettings):
   """The audit's settings; the values of each preset are in experiments/audit/configs/."""
   target_epsilons: tuple[float, ...]
   include_no_clip: bool
@@ -82,7 +81,7 @@ class Config:
   mia_learning_rate: float
 
   def __post_init__(self):
-    validate.check_positive(**_flags(
+    validate.check_positive(**configs.as_flags(
         num_canaries=self.num_canaries, canary_steps=self.canary_steps,
         canary_batch_size=self.canary_batch_size, mia_steps=self.mia_steps,
         mia_examples=self.mia_examples, mia_hidden=self.mia_hidden,
@@ -108,17 +107,6 @@ class Config:
     return configs.settings_from(cls, config, require_all=True,
                                  target_epsilons=lambda eps: tuple(float(e) for e in eps))
 
-  def randomness(self) -> randomness_lib.PrivateRandomness:
-    return randomness_lib.from_flag(self.reproducible_private_randomness, self.seed)
-
-  def public_dict(self) -> dict:
-    """The config fit for the released config.json: the seed hidden when it keys the noise."""
-    return randomness_lib.redact(dataclasses.asdict(self), self.randomness())
-
-
-def _flags(**values) -> dict:
-  """Names as the command line spells them, for `validate`'s messages: `--config.<field>=`."""
-  return {f"config.{name}": value for name, value in values.items()}
 
 
 def settings(config: Config) -> list[dict]:

@@ -138,16 +138,7 @@ def make_config(config: Mapping[str, Any] | Any) -> BenchmarkConfig:
   """The checked `BenchmarkConfig` of a ConfigDict (or a plain mapping of its fields)."""
   if isinstance(config, BenchmarkConfig):
     return config
-  values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-  valid = sorted(f.name for f in dataclasses.fields(BenchmarkConfig))
-  unknown = sorted(set(values) - set(valid))
-  if unknown:
-    raise ValueError(f"unknown config field(s) {unknown}; valid fields: {valid}.")
-  if "opacus_modes" in values:
-    values["opacus_modes"] = tuple(values["opacus_modes"])
-  if "cpu_devices" in values:
-    values["cpu_devices"] = str(values["cpu_devices"])
-  return BenchmarkConfig(**values)
+  return configs.settings_from(BenchmarkConfig, config, opacus_modes=tuple, cpu_devices=str)
 
 
 # --- workloads -------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 from ml_collections import config_dict
 
+from dpjax import randomness as randomness_lib
+
 
 def config_dict_of(cls: type) -> config_dict.ConfigDict:
   """Every field of the dataclass `cls` at its default, as a ConfigDict."""
@@ -41,7 +43,23 @@ def settings_from(cls: type, config: Mapping[str, Any] | config_dict.ConfigDict,
   unknown = sorted(set(values) - set(names))
   missing = sorted(set(names) - set(values)) if require_all else []
   if unknown or missing:
-    raise ValueError(f"config fields unknown: {unknown}" + (f", missing: {missing}" if missing else "")
-                     + f"; the fields are {', '.join(names)}.")
+    raise ValueError(f"unknown config field(s) {unknown}" + (f", missing: {missing}" if missing else "")
+                     + f"; valid fields: {', '.join(names)}.")
   values.update({k: v(values[k]) if callable(v) else v for k, v in converted.items() if k in values})
   return cls(**values)
+
+
+def as_flags(**values) -> dict:
+  """Field values keyed as the command line spells them (`config.<field>`), for messages."""
+  return {f"config.{name}": value for name, value in values.items()}
+
+
+class PrivateRunSettings:
+  """Mixin for a settings dataclass with `seed` and `reproducible_private_randomness` fields."""
+
+  def randomness(self) -> randomness_lib.PrivateRandomness:
+    return randomness_lib.from_flag(self.reproducible_private_randomness, self.seed)
+
+  def public_dict(self) -> dict:
+    """The settings fit for the released config.json: the seed hidden when it keys the noise."""
+    return randomness_lib.redact(dataclasses.asdict(self), self.randomness())

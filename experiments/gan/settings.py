@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from typing import Any, Mapping
 
 from ml_collections import config_dict
 
 from dpjax import accounting
 from dpjax.data import trials
+
+from experiments.common import configs
 
 MODES = ("train", "benchmark")
 
@@ -144,15 +145,7 @@ def default_config() -> config_dict.ConfigDict:
   A field whose default is None is a typed placeholder, so that `--config.<field>=<value>`
   can still set it from the command line.
   """
-  hints = typing.get_type_hints(Config)
-  config = config_dict.ConfigDict()
-  for field in dataclasses.fields(Config):
-    if field.default is None:
-      kind = next(t for t in typing.get_args(hints[field.name]) if t is not type(None))
-      setattr(config, field.name, config_dict.placeholder(kind))
-    else:
-      setattr(config, field.name, field.default)
-  return config
+  return configs.config_dict_of(Config)
 
 
 def make_config(config: Mapping[str, Any] | Any) -> Config:
@@ -160,10 +153,6 @@ def make_config(config: Mapping[str, Any] | Any) -> Config:
   if isinstance(config, Config):
     return config
   values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-  valid = sorted(f.name for f in dataclasses.fields(Config))
-  unknown = sorted(set(values) - set(valid))
-  if unknown:
-    raise ValueError(f"unknown config field(s) {unknown}; valid fields: {valid}.")
   if "benchmark_batch_sizes" in values:
     sizes = values["benchmark_batch_sizes"]
     try:
@@ -172,4 +161,4 @@ def make_config(config: Mapping[str, Any] | Any) -> Config:
     except (TypeError, ValueError):
       raise ValueError(f"--config.benchmark_batch_sizes={sizes!r}: expected integers, e.g. "
                        "--config.benchmark_batch_sizes='(1, 8, 32)'.") from None
-  return Config(**values)
+  return configs.settings_from(Config, values)

@@ -36,7 +36,6 @@ import optax
 from dpjax import accounting
 from dpjax import clipping
 from dpjax import engine
-from dpjax import randomness as randomness_lib
 from dpjax import report
 from dpjax import sampling
 from dpjax import train
@@ -49,7 +48,7 @@ MODELS = ("linear", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(configs.PrivateRunSettings):
   """The run's settings; their values are in experiments/train_small/configs/default.py."""
   num_steps: int
   checkpoint_every: int
@@ -69,11 +68,11 @@ class Config:
   sleep_per_step: float  # tests only: slows the loop so a kill lands mid-run
 
   def __post_init__(self):
-    validate.check_positive(**_flags(
+    validate.check_positive(**configs.as_flags(
         num_steps=self.num_steps, checkpoint_every=self.checkpoint_every,
         clip_norm=self.clip_norm, batch_size=self.batch_size, learning_rate=self.learning_rate,
         max_epsilon=self.max_epsilon))
-    validate.check_nonnegative(**_flags(noise_multiplier=self.noise_multiplier,
+    validate.check_nonnegative(**configs.as_flags(noise_multiplier=self.noise_multiplier,
                                         sleep_per_step=self.sleep_per_step))
     if not 0 < self.delta < 1:
       raise ValueError(f"--config.delta={self.delta} must be in (0, 1).")
@@ -85,17 +84,6 @@ class Config:
     """The dataclass of a config file's ConfigDict; unknown or missing fields are refused."""
     return configs.settings_from(cls, config, require_all=True)
 
-  def randomness(self) -> randomness_lib.PrivateRandomness:
-    return randomness_lib.from_flag(self.reproducible_private_randomness, self.seed)
-
-  def public_dict(self) -> dict:
-    """The config fit for the released config.json: the seed hidden when it keys the noise."""
-    return randomness_lib.redact(dataclasses.asdict(self), self.randomness())
-
-
-def _flags(**values) -> dict:
-  """Names as the command line spells them, for `validate`'s messages: `--config.<field>=`."""
-  return {f"config.{name}": value for name, value in values.items()}
 
 
 @dataclasses.dataclass(frozen=True)

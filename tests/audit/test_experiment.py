@@ -225,7 +225,7 @@ def test_bad_config_values_name_the_field():
 
 def test_unknown_or_missing_fields_are_refused_with_the_valid_ones():
   values = tiny.get_config().to_dict()
-  with pytest.raises(ValueError, match=r"unknown: \['epsilons'\].*fields are target_epsilons, "):
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['epsilons'\].*valid fields: target_epsilons, "):
     experiment.Config.from_config({**values, "epsilons": (1.0,)})
   del values["num_models"]
   with pytest.raises(ValueError, match=r"missing: \['num_models'\]"):

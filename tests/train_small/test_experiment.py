@@ -19,7 +19,7 @@ def test_the_config_file_makes_a_valid_config_and_tiny_shrinks_it():
 
 def test_unknown_and_missing_fields_are_refused_with_the_valid_ones():
   values = default.get_config().to_dict()
-  with pytest.raises(ValueError, match=r"unknown: \['lr'\].*the fields are num_steps, "):
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['lr'\].*valid fields: num_steps, "):
     experiment.Config.from_config({**values, "lr": 0.1})
   del values["seed"]
   with pytest.raises(ValueError, match=r"missing: \['seed'\]"):
