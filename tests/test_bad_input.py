@@ -217,7 +217,7 @@ def test_unknown_model_name_lists_the_valid_ones(tmp_path):
 
 
 def test_unknown_config_field_lists_the_valid_ones(tmp_path):
-  with pytest.raises(ValueError, match=r"unknown: \['preset'\].*fields are target_epsilons, "):
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \[.preset.\].*valid fields: target_epsilons, "):
     audit_experiment.train_and_evaluate({**audit_tiny.get_config().to_dict(), "preset": "huge"},
                                         str(tmp_path))
   with pytest.raises(ValueError, match=r"unknown: \['lr'\].*fields are num_steps, "):

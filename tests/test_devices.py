@@ -100,12 +100,14 @@ def two_device_result():
   return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow  # reads the two-device subprocess run
 def test_host_split_into_two_devices(two_device_result):
   assert two_device_result["count"] == 2
   assert two_device_result["parallel"]["shards"] == 2
   assert two_device_result["single"]["shards"] == 1
 
 
+@pytest.mark.slow  # reads the two-device subprocess run
 def test_two_devices_train_like_one(two_device_result):
   single, parallel = two_device_result["single"], two_device_result["parallel"]
   np.testing.assert_allclose(parallel["w"], single["w"], rtol=1e-5, atol=1e-6)
@@ -113,6 +115,7 @@ def test_two_devices_train_like_one(two_device_result):
   assert parallel["epsilon"] == single["epsilon"] and parallel["steps"] == 4
 
 
+@pytest.mark.slow  # reads the two-device subprocess run
 def test_resume_on_two_devices_keeps_ledger_and_params(two_device_result):
   resumed, parallel = two_device_result["resumed"], two_device_result["parallel"]
   assert resumed["steps"] == 4
@@ -120,6 +123,7 @@ def test_resume_on_two_devices_keeps_ledger_and_params(two_device_result):
   np.testing.assert_allclose(resumed["w"], parallel["w"], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # reads the two-device subprocess run
 def test_evaluation_of_replicated_params_matches_one_device(two_device_result):
   single, sharded = two_device_result["eval"]
   assert sharded["accuracy"] == single["accuracy"]
@@ -127,6 +131,7 @@ def test_evaluation_of_replicated_params_matches_one_device(two_device_result):
   np.testing.assert_allclose(*two_device_result["logits"], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # reads the two-device subprocess run
 def test_classifier_on_two_devices_trains_like_one(two_device_result):
   result = two_device_result["classifier"]
   assert result["padded"][1] % 2 == 0  # the sampler pads to a multiple of the devices
@@ -135,6 +140,7 @@ def test_classifier_on_two_devices_trains_like_one(two_device_result):
   assert result["test_loss"][0] == pytest.approx(result["test_loss"][1], rel=1e-5)
 
 
+@pytest.mark.slow  # reads the two-device subprocess run
 def test_changing_the_split_after_start_is_refused(two_device_result):
   assert "already started with 2 CPU device" in two_device_result["late_change"]
 

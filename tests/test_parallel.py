@@ -9,6 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 
+# Each test reads one subprocess run on 4 fake devices (~30 s of compilation).
+pytestmark = pytest.mark.slow
+
 SCRIPT = textwrap.dedent("""
     import json, os
     assert "jax" not in __import__("sys").modules
@@ -140,3 +143,24 @@ def test_gspmd_vmap_conv_gradients_still_wrong(four_device_result):
   if four_device_result["gspmd_vmap_conv_error"] < 1e-4:
     pytest.skip("GSPMD partitions vmapped conv gradients correctly in this jax version")
   assert four_device_result["gspmd_vmap_conv_error"] > 1e-2
+
+
+def test_shard_batch_refuses_more_than_this_process_share():
+  """In-process (one device): a process passing more than its share of the global batch would
+  count its examples once per host, multiplying the sensitivity; shard_batch refuses it."""
+  from dpjax import parallel  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  mesh = parallel.data_mesh(jax.local_devices()[:1])
+  x, mask = np.ones((8, 2), np.float32), np.ones(8, bool)
+  with pytest.raises(ValueError, match="only its share"):
+    parallel.shard_batch({"x": x}, mask, mesh, global_batch_size=4)
+  _, placed = parallel.shard_batch({"x": x}, mask, mesh, global_batch_size=8)
+  assert placed.shape == (8,)
+
+
+def test_process_share_gives_each_process_its_own_slice():
+  from dpjax import parallel  # pylint: disable=g-import-not-at-top
+  shares = [parallel.process_share(12, i, 3) for i in range(3)]
+  assert shares == [slice(0, 4), slice(4, 8), slice(8, 12)]
+  with pytest.raises(ValueError, match="processes"):
+    parallel.process_share(10, 0, 3)

@@ -48,6 +48,7 @@ def _pairs(batch_size, seed=0):
   }
 
 
+@pytest.mark.slow  # ~30 s of compilation
 def test_pair_clipping_at_batch_4_equals_a_loop_of_single_pair_clipped_gradients():
   d_params = _numpy_d_params()
   pairs = _pairs(5)
