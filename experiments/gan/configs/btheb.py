@@ -15,15 +15,4 @@ from experiments.gan.configs import quick
 
 
 def get_config(arg: str | None = None):
-  if arg not in (None, "", "tiny"):
-    raise ValueError(f"btheb.py:{arg}: unknown argument; use btheb.py or btheb.py:tiny.")
-  config = quick.get_config(arg or None)
-  config.name = "btheb" if not arg else f"btheb:{arg}"
-  config.dataset = "btheb"
-  config.num_participants = None
-  config.delta = 1e-3
-  if not arg:
-    config.batch_size = 8
-    config.epochs = 40
-    config.eval_every = 5
-  return config
+  return quick.real_trial("btheb", arg, batch_size=8)

@@ -13,15 +13,4 @@ from experiments.gan.configs import quick
 
 
 def get_config(arg: str | None = None):
-  if arg not in (None, "", "tiny"):
-    raise ValueError(f"pbcseq.py:{arg}: unknown argument; use pbcseq.py or pbcseq.py:tiny.")
-  config = quick.get_config(arg or None)
-  config.name = "pbcseq" if not arg else f"pbcseq:{arg}"
-  config.dataset = "pbcseq"
-  config.num_participants = None
-  config.delta = 1e-3
-  if not arg:
-    config.batch_size = 16
-    config.epochs = 40
-    config.eval_every = 5
-  return config
+  return quick.real_trial("pbcseq", arg, batch_size=16)

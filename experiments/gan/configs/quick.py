@@ -43,3 +43,20 @@ def get_config(arg: str | None = None):
   elif arg:
     raise ValueError(f"quick.py:{arg}: unknown argument; use quick.py or quick.py:tiny.")
   return config
+
+
+def real_trial(dataset: str, arg: str | None, batch_size: int):
+  """quick.py on a real trial table (all its patients, delta 1e-3, 40 epochs, TSTR every 5);
+  `:tiny` keeps quick.py:tiny's networks and length."""
+  if arg not in (None, "", "tiny"):
+    raise ValueError(f"{dataset}.py:{arg}: unknown argument; use {dataset}.py or {dataset}.py:tiny.")
+  config = get_config(arg or None)
+  config.name = dataset if not arg else f"{dataset}:{arg}"
+  config.dataset = dataset
+  config.num_participants = None
+  config.delta = 1e-3
+  if not arg:
+    config.batch_size = batch_size
+    config.epochs = 40
+    config.eval_every = 5
+  return config
