@@ -220,7 +220,7 @@ def test_unknown_config_field_lists_the_valid_ones(tmp_path):
   with pytest.raises(ValueError, match=r"unknown config field\(s\) \[.preset.\].*valid fields: target_epsilons, "):
     audit_experiment.train_and_evaluate({**audit_tiny.get_config().to_dict(), "preset": "huge"},
                                         str(tmp_path))
-  with pytest.raises(ValueError, match=r"unknown: \['lr'\].*fields are num_steps, "):
+  with pytest.raises(ValueError, match=r"unknown config field\(s\) \['lr'\].*valid fields: num_steps, "):
     train_small.train_and_evaluate({**small().to_dict(), "lr": 0.1}, str(tmp_path))
 
 
