@@ -215,3 +215,62 @@ def test_make_private_needs_one_noise_and_one_length():
   with pytest.raises(ValueError, match="exactly one of epochs"):
     dpjax.make_private(linear_loss, init_params(), optax.sgd(0.3), (x, y), clip_norm=1.0,
                        noise_multiplier=1.0, delta=1e-5, batch_size=40)
+
+
+def _one_full_batch_step(source, stream="model", data=None):
+  x, y = data or regression_data(n=50)
+  sampler = sampling.BatchSampler(len(x), len(x), "full")
+  dp = train.DPConfig(clipping.ClippingConfig(1.0), 1.0, float(len(x)))
+  return engine.train(linear_loss, init_params(), optax.sgd(1.0), (x, y), sampler=sampler, dp=dp,
+                      loop=engine.LoopConfig(num_steps=1), randomness=source, stream=stream)
+
+
+def test_secret_seed_streams_get_independent_randomness():
+  """Two arms of a sweep under one secret seed never share noise, batches or host draws."""
+  source = randomness.PrivateRandomness(secret_seed=11)
+  assert not np.array_equal(source.key("arm 1", "noise"), source.key("arm 2", "noise"))
+  assert source.sampling_seed("arm 1") != source.sampling_seed("arm 2")
+  assert source.numpy_rng("arm 1").random() != source.numpy_rng("arm 2").random()
+  # Full batches: the two arms' released parameters differ only through their noise.
+  a = _one_full_batch_step(source, stream="arm 1")
+  b = _one_full_batch_step(source, stream="arm 2")
+  assert not np.allclose(np.asarray(a.state.params["w"]), np.asarray(b.state.params["w"]))
+
+
+def test_os_randomness_is_fresh_for_keys_seeds_and_generators():
+  source = randomness.SECURE
+  assert source.secure
+  assert not np.array_equal(source.key("model", "noise"), source.key("model", "noise"))
+  assert source.sampling_seed("model") is None  # the sampler then draws each batch from the OS
+  assert source.numpy_rng("x").random() != source.numpy_rng("x").random()
+  # Full batches: two default runs differ only through their noise, which must be fresh.
+  a, b = _one_full_batch_step(source), _one_full_batch_step(source)
+  assert not np.allclose(np.asarray(a.state.params["w"]), np.asarray(b.state.params["w"]))
+
+
+def test_privacy_report_marks_a_secret_seed_run_as_not_secure(tmp_path):
+  result = run(num_steps=5, source=SECRET)
+  report.write_privacy_report(str(tmp_path), [result.release("parameters", [], 1e-5)],
+                              result.randomness)
+  written = json.loads((tmp_path / report.REPORT_JSON).read_text())
+  assert written["secure_randomness"] is False
+  assert "secret seed stays secret" in written["condition"]
+  assert "**Condition:**" in (tmp_path / report.REPORT_MD).read_text()
+  assert randomness.SECURE.describe()["secure_randomness"] is True
+
+
+def test_public_history_does_not_change_when_one_record_changes():
+  """Released entries see the training data only through the model: with the same secret
+  randomness, a changed record leaves every public entry (but the timing) as it was, while
+  the private history does see it. A training statistic under any name would differ."""
+  x, y = regression_data()
+  x_changed, y_changed = x.copy(), y.copy()
+  x_changed[0] *= 30.0
+  y_changed[0] = 100.0
+  public, private = [], []
+  for data in ((x, y), (x_changed, y_changed)):
+    result = run(num_steps=20, data=data, source=randomness.PrivateRandomness(secret_seed=3))
+    public.append([{k: v for k, v in e.items() if k != "examples_per_sec"} for e in result.history])
+    private.append(result.private_history)
+  assert public[0] == public[1]
+  assert private[0][-1]["mean_grad_norm"] != private[1][-1]["mean_grad_norm"]

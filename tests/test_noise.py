@@ -68,3 +68,25 @@ def test_leaves_get_independent_float32_noise_of_their_own_shape():
   assert abs(np.corrcoef(a, b)[0, 1]) < 0.03  # 12000 pairs: sd of r is ~0.009
   for leaf in (a, b):
     assert leaf.std() == pytest.approx(1.0, rel=0.03) and abs(leaf.mean()) < 0.03
+
+
+def test_noise_is_not_quantised_to_bfloat16():
+  """float32 noise, not bfloat16 draws cast up: those would all be exactly bf16-representable
+  (8 bits of mantissa), and noise on a coarse grid no longer has the Gaussian's guarantee."""
+  z = np.asarray(noise.tree_noise(jax.random.PRNGKey(5), jnp.zeros(20_000), "gaussian"))
+  assert z.dtype == np.float32
+  on_bf16_grid = z == z.astype(jnp.bfloat16).astype(np.float32)
+  assert on_bf16_grid.mean() < 0.01  # about 2^-16 of float32 normals
+
+
+def test_per_layer_noise_std_uses_the_combined_sensitivity():
+  """Per-layer bounds C_g: one example moves the sum by sqrt(sum C_g^2) = 0.5 here (not the
+  default clip_norm 1.0), and the noise std must be sigma times that, over the expected batch."""
+  half = NUM_COORDS // 2
+  params = {"a": {"w": jnp.zeros(half)}, "b": {"w": jnp.zeros(half)}}
+  loss = lambda p, ex: 0.0 * (jnp.sum(p["a"]["w"]) + jnp.sum(p["b"]["w"])) * jnp.sum(ex)
+  config = train.DPConfig(clipping.ClippingConfig(layer_clip_norms={"a": 0.3, "b": 0.4}), 2.0, 10.0)
+  grad, _ = jax.jit(lambda k: train.dp_gradient(loss, params, jnp.ones((4, 2)), jnp.ones(4, bool),
+                                                k, config))(jax.random.PRNGKey(4))
+  sample = np.concatenate([np.asarray(leaf) for leaf in jax.tree.leaves(grad)])
+  assert sample.std() == pytest.approx(2.0 * 0.5 / 10.0, rel=0.02)

@@ -73,7 +73,7 @@ def test_fixed_size_batches_are_distinct_uniform_subsets(secret_seed):
     b = sampler.batch(step)
     assert b.size == 7 and b.mask.all() and len(set(b.indices)) == 7
     counts[b.indices] += 1
-  np.testing.assert_allclose(counts / 600, 7 / 30, atol=0.06)
+  np.testing.assert_allclose(counts / 600, 7 / 30, atol=0.09)  # 5 sd of Binomial(600, 7/30)/600
 
 
 def test_os_poisson_mask_never_exceeds_q():
@@ -106,3 +106,20 @@ def test_epochs_to_steps_is_one_rule():
 def test_bad_sampler_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     sampling.BatchSampler(**kwargs)
+
+
+def test_seeded_poisson_includes_each_example_with_probability_q():
+  """The opt-in secret-seed path samples at the accounted rate q = B/N too (deterministic)."""
+  sampler = sampling.BatchSampler(dataset_size=20, batch_size=5, secret_seed=123)
+  counts = np.zeros(20)
+  for step in range(2000):
+    b = sampler.batch(step)
+    counts[b.indices[b.mask]] += 1
+  np.testing.assert_allclose(counts / 2000, 0.25, atol=0.04)
+
+
+def test_default_fixed_size_batches_are_fresh_os_randomness():
+  sampler = sampling.BatchSampler(100, 10, sampling="fixed")
+  assert sampler.secure
+  draws = {tuple(sampler.batch(17).indices) for _ in range(5)}
+  assert len(draws) > 1  # the same step drawn again is another subset
