@@ -44,12 +44,16 @@ from dpjax import parallel
 from dpjax import randomness
 from dpjax import train
 from dpjax.models import registry
+from experiments.benchmark import jax_privacy_compare
 from experiments.benchmark import opacus_compare
 from experiments.common import configs
 from experiments.common import outputs
 
 WORKLOADS = ("linear", "cnn", "resnet18", "vgg16")
 MODES = ("nonprivate", "dp", "all")
+# Peers: Opacus (PyTorch, timed after the JAX variants) and jax_privacy (a JAX variant,
+# interleaved with dpjax's); "all" runs both.
+COMPARE = (None, "opacus", "jax_privacy", "all")
 PER_EXAMPLE = ("vmap", "ghost", "auto")
 
 
@@ -68,7 +72,7 @@ class BenchmarkConfig:
   learning_rate: float = 0.1
   compute_dtype: str | None = None
   microbatch_size: int | None = None
-  compare: str | None = None  # "opacus"
+  compare: str | None = None  # "opacus", "jax_privacy" or "all" (both)
   opacus_modes: tuple[str, ...] = ("hooks", "ew", "ghost")
   data_parallel: bool = False  # shard the batch over all local devices (dpjax.parallel)
   # Split the host CPU into this many XLA devices before JAX starts ("auto": one per core;
@@ -80,7 +84,7 @@ class BenchmarkConfig:
   def __post_init__(self):
     checks = [("workload", self.workload, WORKLOADS), ("mode", self.mode, MODES),
               ("per_example", self.per_example, PER_EXAMPLE),
-              ("compare", self.compare, (None, "opacus"))]
+              ("compare", self.compare, COMPARE)]
     for name, value, valid in checks:
       if value not in valid:
         raise ValueError(f"--config.{name}={value!r}: expected one of {valid}.")
@@ -118,6 +122,8 @@ ARG_TOKENS = {
     "auto": dict(mode="dp", per_example="auto"),
     "jax": dict(compare=None),  # without the PyTorch/Opacus comparison
     "opacus": dict(compare="opacus"),
+    "jax_privacy": dict(compare="jax_privacy"),
+    "peers": dict(compare="all"),  # Opacus and jax_privacy
     "one_device": dict(cpu_devices="0", data_parallel=False),
     "json": dict(json=True),
     "quick": dict(steps=2, warmup=1, rounds=1),  # a smoke run: the same code, few steps
@@ -192,6 +198,7 @@ def peak_memory_bytes() -> dict:
 class _Variant:
   name: str
   step: Callable
+  init: Callable | None = None  # params -> the step's state; None: dpjax's TrainState
   state: Any = None
   compiled: Any = None
   wall: list = dataclasses.field(default_factory=list)
@@ -215,6 +222,18 @@ def _variants(config: BenchmarkConfig, loss_fn, mesh) -> tuple[list[_Variant], A
                                      microbatch_size=config.microbatch_size)
       dp = train.DPConfig(clip, config.noise_multiplier, float(config.batch_size))
       out.append(_Variant(f"dp_{method}", make_dp(loss_fn, optimizer, dp)))
+  if config.mode in ("dp", "all") and config.compare in ("jax_privacy", "all"):
+    try:
+      jax_privacy_compare.check_installed()
+    except ImportError as error:
+      logging.warning("%s: the jax_privacy variant is skipped", error)
+    else:
+      init, step = jax_privacy_compare.make_step(
+          loss_fn, optimizer, clip_norm=config.clip_norm,
+          noise_multiplier=config.noise_multiplier, expected_batch_size=float(config.batch_size),
+          noise_key=randomness.SECURE.key("benchmark", "jax_privacy"),
+          compute_dtype=config.compute_dtype, microbatch_size=config.microbatch_size, mesh=mesh)
+      out.append(_Variant("jax_privacy", step, init=init))
   return out, optimizer
 
 
@@ -253,8 +272,11 @@ def run_benchmark(config: BenchmarkConfig | dict) -> dict:
   }
   for variant in variants:
     # Timing only, nothing released: the noise key is still drawn like a real run's.
-    state = train.init_state(jax.tree.map(jnp.copy, params), optimizer,
-                             randomness.SECURE.key("benchmark", variant.name))
+    fresh = jax.tree.map(jnp.copy, params)
+    if variant.init is None:
+      state = train.init_state(fresh, optimizer, randomness.SECURE.key("benchmark", variant.name))
+    else:
+      state = variant.init(fresh)
     if mesh is not None:
       state = parallel.replicate(state, mesh)
     start = time.perf_counter()
@@ -290,7 +312,15 @@ def run_benchmark(config: BenchmarkConfig | dict) -> dict:
     base = results["nonprivate"]["median_ms"]
     result["dp_over_nonprivate"] = {name: r["median_ms"] / base for name, r in results.items()
                                     if name != "nonprivate"}
-  if config.compare == "opacus":
+  dpjax_dp = [name for name in results if name.startswith("dp_")]
+  if "jax_privacy" in results:
+    peer = results["jax_privacy"]["median_ms"]
+    result["dpjax_over_jax_privacy"] = {name: results[name]["median_ms"] / peer
+                                        for name in dpjax_dp}
+  elif config.compare in ("jax_privacy", "all") and config.mode != "nonprivate":
+    result["jax_privacy_error"] = (f"jax_privacy is not installed: `pip install "
+                                   f"jax-privacy=={jax_privacy_compare.VERSION}`")
+  if config.compare in ("opacus", "all"):
     result["opacus"] = _compare_opacus(config, batch)
     best = {name: r["median_ms"] for name, r in result["opacus"].get("results", {}).items()
             if name != "nonprivate"}
@@ -334,6 +364,11 @@ def format_table(result: dict) -> str:
                  f"{r['examples_per_sec']:.0f} | {r['cores_used']:.2f} | | |")
   if "error" in opacus:
     lines.append(f"opacus: {opacus['error']}")
+  if "dpjax_over_jax_privacy" in result:
+    lines.append("dpjax DP / jax_privacy: " + ", ".join(
+        f"{k}={v:.2f}" for k, v in result["dpjax_over_jax_privacy"].items()))
+  if "jax_privacy_error" in result:
+    lines.append(f"jax_privacy: {result['jax_privacy_error']}")
   if "dpjax_over_best_opacus" in result:
     lines.append(f"dpjax DP / best Opacus ({result['best_opacus_mode']}): " + ", ".join(
         f"{k}={v:.2f}" for k, v in result["dpjax_over_best_opacus"].items()))

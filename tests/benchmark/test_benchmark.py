@@ -97,3 +97,21 @@ def test_cli_rejects_bad_field_with_its_name(tmp_path):
                         f"--workdir={tmp_path}", "--config.batch_size=0"],
                        capture_output=True, text=True, check=False)
   assert out.returncode != 0 and "--config.batch_size=0" in out.stderr
+
+
+def test_compare_takes_the_peers():
+  for value in ("opacus", "jax_privacy", "all"):
+    assert benchmark.BenchmarkConfig(compare=value).compare == value
+  with pytest.raises(ValueError, match="--config.compare='tf'"):
+    benchmark.BenchmarkConfig(compare="tf")
+  assert benchmark.make_config(linear.get_config("peers")).compare == "all"
+
+
+def test_jax_privacy_is_interleaved_with_dpjax(tmp_path):
+  pytest.importorskip("jax_privacy")
+  config = linear.get_config("all,jax_privacy,quick")
+  config.batch_size = 8
+  result = benchmark.train_and_evaluate(config, str(tmp_path))
+  assert set(result["jax"]) == {"nonprivate", "dp_vmap", "dp_ghost", "jax_privacy"}
+  assert set(result["dpjax_over_jax_privacy"]) == {"dp_vmap", "dp_ghost"}
+  assert "dpjax DP / jax_privacy" in benchmark.format_table(result)
