@@ -13,6 +13,10 @@ Adjacency, per sampling scheme (what one "example" of privacy means):
   * "fixed": each step a uniformly random subset of exactly B examples (sampling without
     replacement); replace-one adjacency, for which the clipped sum's l2 sensitivity is 2C, so
     the event carries noise multiplier sigma/2. RDP accountant only.
+
+The unit of privacy (`PrivacyPhase.unit`) is "example" (one record) or "person" (all records
+of one person, `dpjax.user_level`): with per-person sampling and one clipped term per person
+the same events hold with N the number of persons and B the expected persons per step.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed", "full")
 MECHANISMS = ("gaussian", "laplace")
+UNITS = ("example", "person")
 
 NeighborRel = dp_accounting.NeighboringRelation
 
@@ -43,8 +48,11 @@ class PrivacyPhase:
   sampling: str = "poisson"
   mechanism: str = "gaussian"
   steps: int = 0
+  unit: str = "example"  # what dataset_size and batch_size count: records, or persons
 
   def __post_init__(self):
+    if self.unit not in UNITS:
+      raise ValueError(f"unit={self.unit!r}: expected one of {UNITS}.")
     if self.sampling not in SAMPLINGS:
       raise ValueError(f"sampling={self.sampling!r}: expected one of {SAMPLINGS}.")
     if self.mechanism not in MECHANISMS:
@@ -110,6 +118,10 @@ def _make_accountant(accountant: str, relation):
 
 
 def _relation(phases: Sequence[PrivacyPhase]):
+  units = {p.unit for p in phases if p.steps > 0}
+  if len(units) > 1:
+    raise ValueError(f"phases mix units of privacy {sorted(units)}: a per-example and a "
+                     "per-person epsilon do not compose in one unit; start a new workdir.")
   relations = {p.neighboring_relation for p in phases if p.steps > 0}
   if len(relations) > 1:
     raise ValueError("phases mix Poisson/full sampling (add-or-remove adjacency) with fixed-size "
@@ -251,4 +263,4 @@ class PrivacyLedger:
 
 def _describe(p: PrivacyPhase) -> str:
   return (f"mechanism={p.mechanism} noise_multiplier={p.noise_multiplier} sampling={p.sampling} "
-          f"dataset_size={p.dataset_size} batch_size={p.batch_size}")
+          f"dataset_size={p.dataset_size} batch_size={p.batch_size} unit={p.unit}")

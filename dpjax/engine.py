@@ -39,6 +39,7 @@ from dpjax import randomness as randomness_lib
 from dpjax import report
 from dpjax import sampling
 from dpjax import train as step_lib
+from dpjax import user_level
 
 PyTree = Any
 
@@ -88,6 +89,15 @@ def _gatherer(data, on_device: bool):
   return lambda idx: jax.tree.map(lambda a: a[idx], data)
 
 
+def _step_inputs(gather, batch: sampling.Batch, rows: slice):
+  """The step's batch for `rows` of the padded batch: the gathered examples, or for a
+  per-person batch (`dpjax.user_level`) each person's records with their record mask."""
+  inputs = gather(batch.indices[rows])
+  if batch.record_mask is None:
+    return inputs
+  return user_level.person_inputs(inputs, np.asarray(batch.record_mask[rows]))
+
+
 def _nbytes(tree) -> int:
   return sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
 
@@ -103,10 +113,10 @@ def check_finite_data(data) -> None:
 
 def _check_inputs(data, sampler: sampling.BatchSampler, dp, loop: LoopConfig) -> None:
   check_finite_data(data)
-  sizes = {np.asarray(x).shape[0] for x in jax.tree.leaves(data)}
-  if sizes != {sampler.dataset_size}:
+  sizes = {np.shape(x)[0] for x in jax.tree.leaves(data)}
+  if sizes != {sampler.num_records}:
     raise ValueError(f"data leaves have leading sizes {sorted(sizes)}; the sampler expects "
-                     f"{sampler.dataset_size} examples.")
+                     f"{sampler.num_records} examples.")
   if dp is not None and abs(dp.expected_batch_size - sampler.expected_batch_size) > 1e-9:
     raise ValueError("DPConfig.expected_batch_size must equal the sampler's expected batch size "
                      f"({dp.expected_batch_size} != {sampler.expected_batch_size}).")
@@ -233,13 +243,14 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
     on_device = _nbytes(data) < 2 * 1024 ** 3
   if mesh is None:
     gather = _gatherer(data, on_device)
-    place = lambda indices, mask: (gather(indices), jnp.asarray(mask))
+    place = lambda batch: (_step_inputs(gather, batch, slice(None)), jnp.asarray(batch.mask))
   else:
     state = parallel.replicate(state, mesh)
     gather = _gatherer(data, on_device=False)
     share = parallel.process_share(sampler.padded_size)
-    place = lambda indices, mask: parallel.shard_batch(
-        gather(indices[share]), mask[share], mesh, global_batch_size=sampler.padded_size)
+    place = lambda batch: parallel.shard_batch(
+        _step_inputs(gather, batch, share), batch.mask[share], mesh,
+        global_batch_size=sampler.padded_size)
 
   budget_steps = None
   if loop.max_epsilon is not None and dp is not None:
@@ -268,7 +279,7 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
                         loop.delta)
         break
       batch = sampler.batch(t)
-      state, metrics = step_fn(state, *place(batch.indices, batch.mask))
+      state, metrics = step_fn(state, *place(batch))
       ledger.record(1)
       window_steps += 1
       done = t + 1

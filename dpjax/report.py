@@ -32,6 +32,13 @@ ALWAYS_NOT_COVERED = (
 )
 
 
+ADJACENCY = {
+    "example": "add or remove one example (replace-one for fixed-size sampling)",
+    "person": "add or remove one person with all of their records (per-person privacy: each "
+              "person contributes one clipped term per step, at most k records of theirs)",
+}
+
+
 def private_dir(workdir: str) -> str:
   """`<workdir>/private`, created: where private diagnostics and secrets go."""
   path = os.path.join(workdir, PRIVATE_DIR)
@@ -56,10 +63,15 @@ def _finite(x):
 
 def release_from_ledger(name: str, files: Sequence[str], ledger: accounting.PrivacyLedger,
                         delta: float, accountant: str = "rdp", *, clip_norm: float | None = None,
-                        unit: str = "example") -> dict:
-  """The report entry of an output released from a DP-SGD (or Laplace) training run."""
+                        unit: str | None = None) -> dict:
+  """The report entry of an output released from a DP-SGD (or Laplace) training run.
+
+  `unit` defaults to the ledger's unit of privacy ("example", or "person" for per-person DP).
+  """
   phases = [dataclasses.asdict(p) for p in ledger.phases]
   last = ledger.current
+  if unit is None:
+    unit = last.unit if last is not None else "example"
   if last is None or last.noise_multiplier == 0:
     epsilon = math.inf if ledger.steps else 0.0
   elif last.mechanism == "laplace" and all(p.mechanism == "laplace" for p in ledger.phases):
@@ -106,15 +118,21 @@ def _composed_epsilon(releases: Sequence[dict], delta: float, accountant: str) -
 
 def write_privacy_report(workdir: str, releases: Sequence[dict],
                          randomness: randomness_lib.PrivateRandomness,
-                         not_covered: Sequence[str] = (), unit: str = "example",
+                         not_covered: Sequence[str] = (), unit: str | None = None,
                          notes: Sequence[str] = ()) -> tuple[str, str]:
-  """Writes `privacy_report.json` and `.md` into `workdir`; returns their paths."""
+  """Writes `privacy_report.json` and `.md` into `workdir`; returns their paths.
+
+  `unit` defaults to "person" when every release is per person (`dpjax.user_level`), else
+  "example".
+  """
   os.makedirs(workdir, exist_ok=True)
   releases = [dict(r) for r in releases]
+  if unit is None:
+    per_person = releases and all(r.get("unit") == "person" for r in releases)
+    unit = "person" if per_person else "example"
   report = {
       "unit": unit,
-      "adjacency": f"add or remove one {unit}" if unit != "example" else
-                   "add or remove one example (replace-one for fixed-size sampling)",
+      "adjacency": ADJACENCY.get(unit, f"add or remove one {unit}"),
       **randomness.describe(),
       "releases": [{k: v for k, v in r.items() if not k.startswith("_")} for r in releases],
       "not_covered": list(not_covered) + list(ALWAYS_NOT_COVERED),
@@ -145,8 +163,11 @@ def write_privacy_report(workdir: str, releases: Sequence[dict],
 
 
 def markdown(report: dict) -> str:
-  lines = ["# Privacy report", "",
-           f"Unit of privacy: one {report['unit']}; adjacency: {report['adjacency']}.", "",
+  unit_line = f"Unit of privacy: one {report['unit']}; adjacency: {report['adjacency']}."
+  if report["unit"] == "person":
+    unit_line = ("The guarantee is **per person**: " + unit_line + " Epsilon bounds what the "
+                 "outputs reveal about any one person, however many records they have.")
+  lines = ["# Privacy report", "", unit_line, "",
            f"Secret randomness: {report['source']}."]
   if "condition" in report:
     lines.append(f"**Condition:** {report['condition']}.")

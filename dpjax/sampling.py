@@ -81,9 +81,11 @@ def _os_poisson_mask(n: int, batch_size: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-  indices: np.ndarray  # (padded_size,) int32
+  indices: np.ndarray  # (padded_size,) int32; (padded_size, k) record indices per person
   mask: np.ndarray  # (padded_size,) bool
-  size: int  # number of real examples
+  size: int  # number of real examples (persons for a per-person batch)
+  # Per-person batches (`dpjax.user_level`): which of each person's k record slots are real.
+  record_mask: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +124,11 @@ class BatchSampler:
   @property
   def secure(self) -> bool:
     return self.secret_seed is None
+
+  @property
+  def num_records(self) -> int:
+    """Rows of the data it indexes (the per-person sampler indexes more rows than units)."""
+    return self.dataset_size
 
   @property
   def steps_per_epoch(self) -> int:
