@@ -104,3 +104,60 @@ def flat_scores(scores: dict) -> dict:
   """{"validation_lr_auc": ..., "test_rf_accuracy": ...}: one flat line of the public history."""
   return {f"{split}_{clf}_{metric}": scores[split][clf][metric]
           for split in scores for clf in CLASSIFIERS for metric in METRICS}
+
+
+# ----- fidelity a clinical reader checks: per-visit medians, spread, visit-to-visit correlation --
+
+def _quartiles(values: np.ndarray) -> np.ndarray:
+  """(3, visits): the 25th, 50th and 75th percentiles of (N, visits) values."""
+  return np.quantile(values, [0.25, 0.5, 0.75], axis=0)
+
+
+def _visit_correlations(values: np.ndarray) -> np.ndarray:
+  """Visit-by-visit Pearson correlation of (N, visits) values (0 where a visit is constant)."""
+  with np.errstate(invalid="ignore", divide="ignore"):
+    corr = np.corrcoef(values, rowvar=False)
+  return np.nan_to_num(corr, nan=0.0)
+
+
+def fidelity(synthetic: np.ndarray, synthetic_arm: np.ndarray, real: np.ndarray,
+             real_arm: np.ndarray, to_units) -> dict:
+  """How far synthetic participants are from real ones, visit by visit, per arm.
+
+  `to_units` maps scaled (N, features, visits) grids to original units (e.g. mmHg). For the
+  first feature (SBP for SPRINT), per arm: the synthetic minus real median and interquartile
+  range at every visit, and their largest absolute value. For every feature: the mean absolute
+  difference between the synthetic and real visit-to-visit correlation matrices (off-diagonal
+  entries, both arms pooled), averaged over features. `real` should be held-out participants.
+  """
+  synthetic_units, real_units = to_units(synthetic), to_units(real)
+  out = {"median_error": {}, "iqr_error": {}, "max_abs_median_error": {},
+         "max_abs_iqr_error": {}}
+  for a in (0, 1):
+    s, r = synthetic_units[synthetic_arm == a, 0], real_units[real_arm == a, 0]
+    if not len(s) or not len(r):
+      continue
+    qs, qr = _quartiles(s), _quartiles(r)
+    median_error = qs[1] - qr[1]
+    iqr_error = (qs[2] - qs[0]) - (qr[2] - qr[0])
+    out["median_error"][str(a)] = median_error.tolist()
+    out["iqr_error"][str(a)] = iqr_error.tolist()
+    out["max_abs_median_error"][str(a)] = float(np.max(np.abs(median_error)))
+    out["max_abs_iqr_error"][str(a)] = float(np.max(np.abs(iqr_error)))
+  num_visits = real.shape[-1]
+  off_diagonal = ~np.eye(num_visits, dtype=bool)
+  errors = [np.mean(np.abs(_visit_correlations(synthetic_units[:, f])
+                           - _visit_correlations(real_units[:, f]))[off_diagonal])
+            for f in range(real.shape[1])] if num_visits > 1 else [0.0]
+  out["correlation_error"] = float(np.mean(errors))
+  return out
+
+
+def fidelity_columns(f: dict) -> dict:
+  """The summary table's fidelity cells: worst-visit median and IQR error per arm, corr error."""
+  cell = lambda d, a: f"{d[a]:.1f}" if a in d else ""
+  return {"median_err_arm0": cell(f["max_abs_median_error"], "0"),
+          "median_err_arm1": cell(f["max_abs_median_error"], "1"),
+          "iqr_err_arm0": cell(f["max_abs_iqr_error"], "0"),
+          "iqr_err_arm1": cell(f["max_abs_iqr_error"], "1"),
+          "corr_err": f"{f['correlation_error']:.3f}"}

@@ -46,15 +46,19 @@ from dpjax.data import trials
 from experiments.common import outputs
 from experiments.gan import benchmark
 from experiments.gan import evaluation
+from experiments.gan import merf
 from experiments.gan import models
 from experiments.gan import settings
 from experiments.gan import training
 from experiments.gan.trajectories import plot_trajectories
 from experiments.gan.trajectories import trajectory
 
-VARIANT_PRIVATE, VARIANT_NONPRIVATE = "private", "nonprivate"
+VARIANT_PRIVATE, VARIANT_NONPRIVATE, VARIANT_MERF = "private", "nonprivate", "merf"
 # Not "private/": that folder name is reserved for what must never be released.
-VARIANT_DIRS = {VARIANT_PRIVATE: "dp_gan", VARIANT_NONPRIVATE: "nonprivate_gan"}
+VARIANT_DIRS = {VARIANT_PRIVATE: "dp_gan", VARIANT_NONPRIVATE: "nonprivate_gan",
+                VARIANT_MERF: "dp_merf"}
+VARIANT_LABELS = {VARIANT_PRIVATE: "private GAN", VARIANT_NONPRIVATE: "nonprivate GAN",
+                  VARIANT_MERF: "DP-MERF"}
 CLASSIFIERS = evaluation.CLASSIFIERS
 METRICS = evaluation.METRICS
 
@@ -194,12 +198,17 @@ def _train_variant(name: str, config: settings.Config, splits: Splits, workdir: 
 
   panels = {"final": [final_step], "best_lr": top["lr"][:1], "best_rf": top["rf"][:1],
             "top_k": sorted(set(top["lr"]) | set(top["rf"]))}
-  trajectories = {panel: trajectory(*load(steps), splits.train) for panel, steps in panels.items()}
+  panel_data = {panel: load(steps) for panel, steps in panels.items()}
+  trajectories = {panel: trajectory(*xa, splits.train) for panel, xa in panel_data.items()}
+  fidelity = {panel: evaluation.fidelity(*xa, splits.test.x, splits.test.arm,
+                                         _to_units(splits.test))
+              for panel, xa in panel_data.items()}
   epsilon = result.ledger.epsilon(config.delta, config.accountant) if private else math.inf
   synthetic_files = {os.path.relpath(_samples_path(synthetic_dir, h["step"]), workdir):
                      h["epsilon"] for h in evaluated}
   public = {
       "private": private,
+      "label": VARIANT_LABELS[name],
       "epsilon": epsilon,
       "delta": config.delta,
       "noise_multiplier": train_config.noise_multiplier,
@@ -216,6 +225,7 @@ def _train_variant(name: str, config: settings.Config, splits: Splits, workdir: 
       "panel_steps": panels,
       "panel_epochs": {p: [by_step[s]["epoch"] for s in steps] for p, steps in panels.items()},
       "trajectories": trajectories,
+      "fidelity": fidelity,
       "synthetic_files": list(synthetic_files) if private else [],
       "mean_examples_per_sec": float(np.mean([h["examples_per_sec"] for h in result.history])),
       "history": evaluated,
@@ -244,19 +254,113 @@ def _train_variant(name: str, config: settings.Config, splits: Splits, workdir: 
   return VariantRun(public=public, diagnostics=diagnostics, release=release)
 
 
+def _to_units(data: trials.TrialData):
+  """Scaled grids laid out like `data` -> original units (the layout, not the values, of data)."""
+  return lambda x: trials.to_original_units(x, data)
+
+
+def _train_merf(config: settings.Config, splits: Splits, workdir: str,
+                randomness: randomness_lib.PrivateRandomness) -> VariantRun:
+  """DP-MERF: one Gaussian release of the training participants' embedding, then a generator
+  fit to that release alone; scored like the GANs' final epoch (there is no epoch to choose)."""
+  num_train = splits.train.num_participants
+  epsilon_target = config.target_epsilon
+  if epsilon_target is None:
+    noise_multiplier = config.noise_multiplier
+  else:
+    noise_multiplier = merf.calibrate_noise(epsilon_target, config.delta, num_train,
+                                            config.accountant)
+  merf_config = config.merf_config(noise_multiplier)
+  variant_dir = os.path.join(workdir, VARIANT_DIRS[VARIANT_MERF])
+  os.makedirs(variant_dir, exist_ok=True)
+  # The only read of the training participants:
+  released = merf.release_embedding(splits.train.x, splits.train.arm, merf_config, config.seed,
+                                    randomness, stream="merf embedding")
+  embedding_path = os.path.join(variant_dir, "released_embedding.npz")
+  np.savez_compressed(embedding_path, noisy_sum=released.noisy_sum, omega=released.omega,
+                      feature_shape=np.asarray(released.feature_shape))
+  # Post-processing of `released` with public randomness (the seed):
+  params, losses = merf.fit_generator(released, config.seed)
+  num_synthetic = config.num_synthetic or num_train
+  synthetic, arm = merf.sample(params, released, num_synthetic,
+                               jax.random.fold_in(jax.random.PRNGKey(config.seed), 7919))
+  synthetic_path = os.path.join(variant_dir, "synthetic.npz")
+  np.savez_compressed(synthetic_path, x=synthetic, arm=arm)
+  scores = evaluation.classifier_scores(synthetic, arm, splits.heldout_sets(), config.seed,
+                                        config.rf_trees)
+  ledger = merf.ledger(num_train, noise_multiplier)
+  epsilon = ledger.epsilon(config.delta, config.accountant) if noise_multiplier > 0 else math.inf
+  public = {
+      "private": noise_multiplier > 0,
+      "label": VARIANT_LABELS[VARIANT_MERF],
+      "epsilon": epsilon,
+      "delta": config.delta,
+      "noise_multiplier": noise_multiplier,
+      "sensitivity": merf_config.sensitivity,
+      "adjacency": "add or remove one participant",
+      "released_arm_shares": released.arm_shares().tolist(),
+      "merf": dataclasses.asdict(merf_config),
+      "final": {"step": merf_config.steps, "epoch": "",
+                **{clf: scores["test"][clf] for clf in CLASSIFIERS},
+                "validation": {clf: scores["validation"][clf] for clf in CLASSIFIERS}},
+      "panel_epochs": {"final": [""]},
+      "trajectories": {"final": trajectory(synthetic, arm, splits.train)},
+      "fidelity": {"final": evaluation.fidelity(synthetic, arm, splits.test.x, splits.test.arm,
+                                                _to_units(splits.test))},
+      # The fit's loss is a function of the release only (public).
+      "generator_loss_every_100_steps": losses,
+      "synthetic_files": [os.path.relpath(synthetic_path, workdir)],
+  }
+  diagnostics = {"memorisation_final": evaluation.memorisation_check(
+      synthetic, splits.train.x, splits.test.x, config.seed)}
+  files = [os.path.relpath(p, workdir) for p in (embedding_path, synthetic_path)]
+  release = report.release(
+      "DP-MERF: the noisy class-conditional random-feature embedding, the generator fit to it "
+      "alone, its synthetic participants, TSTR scores, Figure 2 A curve and summary row", files,
+      epsilon=epsilon, delta=config.delta, mechanism=merf.MECHANISM if noise_multiplier > 0
+      else "none (DP-MERF without noise: epsilon = inf)", unit="participant",
+      accountant=config.accountant, sampling="full (every training participant, once)",
+      steps=1, noise_multiplier=noise_multiplier,
+      clip_norm=f"none needed: ||contribution|| <= {merf_config.sensitivity:.4g} by construction",
+      sensitivity=merf_config.sensitivity, adjacency="add or remove one participant",
+      _ledger=ledger.to_dict())
+  return VariantRun(public=public, diagnostics=diagnostics, release=release)
+
+
 def summary_rows(results: dict) -> list[dict]:
-  """TRTR and, per variant, the final and the validation-chosen epochs, scored on test."""
+  """TRTR and, per variant, the final and the validation-chosen epochs, scored on test: TSTR
+  (LR, RF; accuracy, AUC) and fidelity to the test participants (worst-visit median and IQR
+  error of the first feature per arm, in its original units; visit-to-visit correlation error)."""
   rows = []
   if "trtr" in results:
     rows.append({"model": "trained on real (TRTR)", "epoch": "", "epsilon": "inf",
-                 **_row_scores(results["trtr"]["test"])})
+                 **_row_scores(results["trtr"]["test"]),
+                 **evaluation.fidelity_columns(results["trtr_fidelity"])})
   for name, v in results["variants"].items():
     epsilon = v["epsilon"]
     for which in ("final", "best_lr", "best_rf"):
-      rows.append({"model": f"{name} GAN, {which} (TSTR)", "epoch": v[which]["epoch"],
+      if which not in v:
+        continue
+      rows.append({"model": f"{v.get('label', name)}, {which} (TSTR)", "epoch": v[which]["epoch"],
                    "epsilon": f"{epsilon:.3f}" if math.isfinite(epsilon) else "inf",
-                   **_row_scores(v[which])})
+                   **_row_scores(v[which]), **evaluation.fidelity_columns(v["fidelity"][which])})
   return rows
+
+
+def memorisation_rows(rows: list[dict], results: dict, runs: dict) -> list[dict]:
+  """The summary rows with the memorisation check of each final row: a PRIVATE table (it
+  measures distances to training participants), written under private/ only."""
+  finals = {f"{results['variants'][name].get('label', name)}, final (TSTR)":
+            run.diagnostics["memorisation_final"] for name, run in runs.items()}
+  out = []
+  for row in rows:
+    m = finals.get(row["model"])
+    out.append({**row, **({} if m is None else {
+        "mem_median_ratio": f"{m['median_ratio_train_over_heldout']:.3f}",
+        "mem_closer_to_train": f"{m['closer_to_train_fraction']:.3f}",
+        "mem_copies": m["exact_copies_of_train"],
+        "mem_spread_ratio": f"{m['spread_ratio_synthetic_over_train']:.2f}"})})
+  return out
 
 
 def _row_scores(scores: dict) -> dict:
@@ -273,24 +377,30 @@ def write_tables(rows: list[dict], workdir: str, prefix: str) -> list[str]:
 
 
 def not_covered(config: settings.Config, data: trials.TrialData) -> list[str]:
-  """What the DP GAN's epsilon does not cover in this study."""
-  items = list(data.not_covered) + [
-      "best-epoch selection: Figure 2 B-D and the best_lr/best_rf rows release the generator "
-      "of the step with the best TSTR score on the held-out VALIDATION participants, read in "
-      "the clear outside any DP mechanism (post-processing for the training participants, but "
-      "unprotected for the validation ones and not accounted); the final-epoch panel and rows "
-      "involve no selection",
+  """What the private generators' epsilons do not cover in this study."""
+  items = list(data.not_covered)
+  if config.private or config.nonprivate_baseline:
+    items.append(
+        "best-epoch selection: Figure 2 B-D and the best_lr/best_rf rows release the GAN "
+        "generator of the step with the best TSTR score on the held-out VALIDATION participants, "
+        "read in the clear outside any DP mechanism (post-processing for the training "
+        "participants, but unprotected for the validation ones and not accounted); the "
+        "final-epoch panel and rows involve no selection (DP-MERF has no epoch to select)")
+  items += [
       "held-out participants (validation and test splits) are used in the clear: TSTR and "
-      "TRTR scores and the real median trajectories of Figure 2 (test participants) are exact "
-      "statistics of them; the guarantee covers the training participants only",
+      "TRTR scores, the fidelity errors (per-visit quartiles and visit-to-visit correlations "
+      "of the test participants) and the real median trajectories of Figure 2 (test "
+      "participants only) are exact statistics of them; the guarantee covers the training "
+      "participants only",
       "num_train (hence the sampling rate batch_size / num_train that calibrates the noise) is "
       "released in results.json and treated as public",
   ]
   if config.nonprivate_baseline:
     items.append("the non-private baselines (TRTR classifiers fit on the real training "
-                 "participants, the non-private GAN's TSTR scores and Figure 2 curves) have "
-                 "epsilon = inf; rerun with --config.nonprivate_baseline=false to release "
-                 "only DP outputs")
+                 "participants and the TRTR row's fidelity errors, which compare the real "
+                 "training participants' quartiles and correlations with the test ones; the "
+                 "non-private GAN's TSTR scores and Figure 2 curves) have epsilon = inf; rerun "
+                 "with --config.nonprivate_baseline=false to release only DP outputs")
   return items
 
 
@@ -312,6 +422,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   if config.mode == "benchmark":
     return benchmark.run_benchmark(config, workdir)
+  if config.mode == "sweep":
+    return run_sweep(config, workdir)
+  results, _ = _train_and_evaluate(config, workdir)
+  return results
+
+
+def _train_and_evaluate(config: settings.Config, workdir: str) -> tuple[dict, list[dict]]:
+  """(results, the privacy report's releases) of one mode="train" run."""
   randomness = randomness_lib.from_flag(config.reproducible_private_randomness, config.seed)
   private_dir = report.private_dir(workdir)
   outputs.write_json(os.path.join(workdir, "config.json"),
@@ -341,15 +459,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
     results["trtr"] = evaluation.classifier_scores(
         splits.train.x, splits.train.arm, {"test": (splits.test.x, splits.test.arm)},
         config.seed, config.rf_trees)
+    # The floor of the fidelity errors: real training participants against the test ones.
+    results["trtr_fidelity"] = evaluation.fidelity(
+        splits.train.x, splits.train.arm, splits.test.x, splits.test.arm, _to_units(splits.test))
   variants = ([VARIANT_PRIVATE] if config.private else []) + (
       [VARIANT_NONPRIVATE] if config.nonprivate_baseline else [])
   runs = {}
+  if config.merf:
+    runs[VARIANT_MERF] = _train_merf(config, splits, workdir, randomness)
+    results["variants"][VARIANT_MERF] = runs[VARIANT_MERF].public
   for name in variants:
     runs[name] = _train_variant(name, config, splits, workdir, randomness)
     results["variants"][name] = runs[name].public
-  if VARIANT_PRIVATE in results["variants"]:
-    results["epsilon"] = results["variants"][VARIANT_PRIVATE]["epsilon"]
-    results["delta"] = config.delta
+  for name in (VARIANT_PRIVATE, VARIANT_MERF):
+    if name in results["variants"] and "epsilon" not in results:
+      results["epsilon"] = results["variants"][name]["epsilon"]
+      results["delta"] = config.delta
   plots = plot_trajectories(results, data, workdir, config.prefix)
   results["plots"] = plots
   rows = summary_rows(results)
@@ -358,17 +483,81 @@ def train_and_evaluate(config, workdir: str) -> dict:
   outputs.write_json(results_path, results)
   outputs.write_json(os.path.join(private_dir, f"{config.prefix}diagnostics.json"),
                      {name: run.diagnostics for name, run in runs.items()})
-  write_report(config, data, workdir, runs, [results_path] + tables + plots, randomness)
+  outputs.atomic_write_text(
+      os.path.join(private_dir, f"{config.prefix}summary_with_memorisation.md"),
+      outputs.markdown_table(memorisation_rows(rows, results, runs)))
+  releases = write_report(config, data, workdir, runs, [results_path] + tables + plots,
+                          randomness)
   for row in rows:
     logging.info("%s", " ".join(f"{k}={v}" for k, v in row.items()))
   results["summary_md"] = outputs.markdown_table(rows)
-  return results
+  return results, releases
+
+
+# ----- the epsilon sweep ----------------------------------------------------------------------------
+
+def sweep_point(config: settings.Config, epsilon: float) -> settings.Config:
+  """The mode="train" config of one sweep epsilon: the private generators at `epsilon`; at inf
+  the generators without noise (DP-MERF's exact embedding, the non-private GAN) and TRTR."""
+  finite = math.isfinite(epsilon)
+  return dataclasses.replace(
+      config, mode="train", name=f"{config.name} (epsilon {epsilon:g})", target_epsilon=epsilon,
+      private=config.private and finite,
+      nonprivate_baseline=not finite and (config.nonprivate_baseline or not config.merf))
+
+
+def sweep_dir(workdir: str, epsilon: float) -> str:
+  return os.path.join(workdir, f"epsilon_{epsilon:g}")
+
+
+def sweep_rows(results_by_epsilon: dict) -> list[dict]:
+  """One row per (epsilon, generator): the final-epoch TSTR and fidelity on the test split."""
+  rows = []
+  for epsilon, results in results_by_epsilon.items():
+    for row in summary_rows(results):
+      if "final" in row["model"] or "TRTR" in row["model"]:
+        rows.append({"target_epsilon": f"{epsilon:g}", **row})
+  return rows
+
+
+def run_sweep(config: settings.Config, workdir: str) -> dict:
+  """The study at each of `config.sweep_epsilons`, each in `epsilon_<e>/` with its own report;
+  sweep.{md,csv,json} and a privacy report of all of them released together."""
+  results_by_epsilon, releases = {}, []
+  for epsilon in config.sweep_epsilons:
+    sub_dir = sweep_dir(workdir, epsilon)
+    results, sub_releases = _train_and_evaluate(sweep_point(config, epsilon), sub_dir)
+    results_by_epsilon[epsilon] = results
+    for r in sub_releases:
+      releases.append({**r, "name": f"epsilon {epsilon:g}: {r['name']}",
+                       "files": [os.path.join(os.path.relpath(sub_dir, workdir), f)
+                                 for f in r["files"]]})
+  rows = sweep_rows(results_by_epsilon)
+  tables = [outputs.write_csv(os.path.join(workdir, f"{config.prefix}sweep.csv"), rows),
+            outputs.atomic_write_text(os.path.join(workdir, f"{config.prefix}sweep.md"),
+                                      outputs.markdown_table(rows))]
+  sweep = {"config": config.name, "epsilons": list(config.sweep_epsilons), "rows": rows,
+           "runs": {f"{e:g}": os.path.relpath(sweep_dir(workdir, e), workdir)
+                    for e in config.sweep_epsilons}}
+  outputs.write_json(os.path.join(workdir, f"{config.prefix}sweep.json"), sweep)
+  first = next(iter(results_by_epsilon.values()))
+  data_not_covered = [item for item in not_covered(config, load_data(config))]
+  report.write_privacy_report(
+      workdir, [{**r, "files": r["files"] + [os.path.relpath(t, workdir) for t in tables]}
+                for r in releases],
+      randomness_lib.from_flag(config.reproducible_private_randomness, config.seed),
+      not_covered=data_not_covered, unit="participant",
+      notes=[f"each epsilon's run is a separate release from the same {first['num_train']} "
+             "training participants: publishing the whole sweep composes them (the total "
+             "below); publish one epsilon's folder to spend only its epsilon"])
+  sweep["summary_md"] = outputs.markdown_table(rows)
+  return sweep
 
 
 def write_report(config: settings.Config, data: trials.TrialData, workdir: str,
                  runs: dict, shared_files: list[str],
-                 randomness: randomness_lib.PrivateRandomness) -> None:
-  """privacy_report.{json,md}: each variant's release (the files it shares with the others are
+                 randomness: randomness_lib.PrivateRandomness) -> list[dict]:
+  """privacy_report.{json,md} (returns its releases): each variant's release (the files it shares with the others are
   results.json, the summary tables and the figures), the TRTR baseline, what is not covered."""
   shared = [os.path.relpath(f, workdir) for f in shared_files]
   releases = []
@@ -391,9 +580,18 @@ def write_report(config: settings.Config, data: trials.TrialData, workdir: str,
     notes.append("--config.seed also draws the data split, the simulation and the initialisation, "
                  "whose effects are released: a small seed can be found by search; use a large "
                  "random one (e.g. python -c 'import secrets; print(secrets.randbits(63))')")
+  if config.merf:
+    notes.append("DP-MERF reads the training participants once: the sum of each one's "
+                 "contribution [e_arm (x) phi(x), e_arm] (norm <= sqrt(2) for every x in [0, 1], "
+                 "the public scaling) plus Gaussian noise of standard deviation noise_multiplier "
+                 "x sqrt(2): one GaussianDpEvent under add/remove-one adjacency (replace-one "
+                 "would need sensitivity 2). Its generator, synthetic participants, scores and "
+                 "curves are post-processing of that release; its random frequencies come "
+                 "from the public seed")
   report.write_privacy_report(workdir, releases, randomness,
                               not_covered=not_covered(config, data), unit="participant",
                               notes=notes)
+  return releases
 
 
 def summarize(results: dict) -> str:

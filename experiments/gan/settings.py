@@ -17,8 +17,10 @@ from dpjax import accounting
 from dpjax.data import trials
 
 from experiments.common import configs
+from experiments.gan import merf
 
-MODES = ("train", "benchmark")
+MODES = ("train", "benchmark", "sweep")
+SWEEP_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +31,10 @@ class Config:
 
   Attributes:
     name: the config's name (configs/<name>.py[:arg]), recorded in results.json.
-    mode: "train" (the study) or "benchmark" (examples/s of the private discriminator step at
+    mode: "train" (the study), "benchmark" (examples/s of the private discriminator step at
       each of `benchmark_batch_sizes`, timing `benchmark_examples` random examples; writes
-      benchmark.json and trains nothing).
+      benchmark.json and trains nothing) or "sweep" (the study once per epsilon of
+      `sweep_epsilons`, each in its own sub-folder, and one table across them).
     dataset: one of `trials.DATASET_NAMES` (the study: "sprint"; offline: "sprint_sim").
     data_dir: the shared data folder (None: `dpjax.data.paths.default_data_dir()`).
     num_participants: keep a random subset of this many participants (None: all); for
@@ -54,6 +57,12 @@ class Config:
     rf_trees: trees of the random forests.
     top_k: how many best epochs per classifier Figure 2D pools.
     microbatch_size: clip this many pairs at a time (see the README's throughput section).
+    merf: also train DP-MERF (`merf.py`): a private generator fit to a random-feature mean
+      embedding released once, at `target_epsilon` (or `noise_multiplier`) and `delta`.
+    merf_frequencies, merf_lengthscale, merf_linear_weight, merf_generator_width, merf_steps,
+      merf_batch_size, merf_learning_rate: DP-MERF's feature map and generator fit
+      (`merf.MerfConfig`); the length scale is a public constant in the scaled [0, 1] units.
+    sweep_epsilons: the epsilons of mode="sweep" (inf: no noise, the non-private reference).
     reproducible_private_randomness: derive batches and noise from `seed` (then a secret, kept
       out of config.json and results.json) instead of the OS CSPRNG; to debug or rerun bit for
       bit. `seed` otherwise steers public choices only (split, simulation, initialisation, the
@@ -89,6 +98,15 @@ class Config:
   microbatch_size: int | None = None
   benchmark_batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)
   benchmark_examples: int = 512
+  merf: bool = False
+  merf_frequencies: int = 500
+  merf_lengthscale: float = 0.5
+  merf_linear_weight: float = 0.5
+  merf_generator_width: int = 128
+  merf_steps: int = 2000
+  merf_batch_size: int = 256
+  merf_learning_rate: float = 1e-3
+  sweep_epsilons: tuple[float, ...] = SWEEP_EPSILONS
   reproducible_private_randomness: bool = False
 
   def __post_init__(self):
@@ -116,9 +134,15 @@ class Config:
         raise ValueError(f"--config.{field}={getattr(self, field)} must be >= 1 (or unset).")
     if not self.learning_rate > 0:
       raise ValueError(f"--config.learning_rate={self.learning_rate} must be > 0.")
-    if not (self.private or self.nonprivate_baseline) and self.mode == "train":
-      raise ValueError("--config.private=false with --config.nonprivate_baseline=false trains "
-                       "nothing; set one of them to true.")
+    if not (self.private or self.nonprivate_baseline or self.merf) and self.mode == "train":
+      raise ValueError("--config.private=false with --config.nonprivate_baseline=false and "
+                       "--config.merf=false trains nothing; set one of them to true.")
+    if self.merf:
+      self.merf_config(1.0)  # refuses a bad merf_* field, naming it
+    if self.mode == "sweep" and (not self.sweep_epsilons
+                                 or any(not e > 0 for e in self.sweep_epsilons)):
+      raise ValueError(f"--config.sweep_epsilons={self.sweep_epsilons}: give epsilons > 0 "
+                       "(inf for no noise), e.g. '(0.5, 1, 2, 4, 8, inf)'.")
     if self.private and not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
       raise ValueError(f"--config.clip_norm={self.clip_norm}: a private run needs a finite "
                        "clip norm > 0.")
@@ -126,6 +150,9 @@ class Config:
       raise ValueError(f"--config.noise_multiplier={self.noise_multiplier} must be > 0 for a "
                        "private run (or set --config.target_epsilon, or --config.private=false "
                        "for a non-private one).")
+    if self.private and self.target_epsilon is not None and math.isinf(self.target_epsilon):
+      raise ValueError("--config.target_epsilon=inf needs --config.private=false (the GAN "
+                       "without noise is --config.nonprivate_baseline=true).")
     if self.target_epsilon is not None and not self.target_epsilon > 0:
       raise ValueError(f"--config.target_epsilon={self.target_epsilon} must be > 0.")
     if not self.benchmark_batch_sizes or any(b < 1 for b in self.benchmark_batch_sizes):
@@ -137,6 +164,15 @@ class Config:
     if self.accountant not in accounting.ACCOUNTANTS:
       raise ValueError(f"--config.accountant={self.accountant!r} is unknown; use one of "
                        f"{accounting.ACCOUNTANTS}.")
+
+
+  def merf_config(self, noise_multiplier: float):
+    """DP-MERF's settings (`merf.MerfConfig`) at this noise multiplier."""
+    return merf.MerfConfig(
+        num_frequencies=self.merf_frequencies, lengthscale=self.merf_lengthscale,
+        linear_weight=self.merf_linear_weight, noise_multiplier=noise_multiplier,
+        generator_width=self.merf_generator_width, steps=self.merf_steps,
+        batch_size=self.merf_batch_size, learning_rate=self.merf_learning_rate)
 
 
 def default_config() -> config_dict.ConfigDict:
@@ -161,4 +197,12 @@ def make_config(config: Mapping[str, Any] | Any) -> Config:
     except (TypeError, ValueError):
       raise ValueError(f"--config.benchmark_batch_sizes={sizes!r}: expected integers, e.g. "
                        "--config.benchmark_batch_sizes='(1, 8, 32)'.") from None
+  if "sweep_epsilons" in values:
+    epsilons = values["sweep_epsilons"]
+    try:
+      values["sweep_epsilons"] = tuple(float(e) for e in (
+          (epsilons,) if isinstance(epsilons, (int, float, str)) else epsilons))
+    except (TypeError, ValueError):
+      raise ValueError(f"--config.sweep_epsilons={epsilons!r}: expected numbers, e.g. "
+                       "--config.sweep_epsilons='(0.5, 1, 2, 4, 8, inf)'.") from None
   return configs.settings_from(Config, values)

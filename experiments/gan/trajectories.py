@@ -18,7 +18,7 @@ PANEL_TITLES = {
 ARM_NAMES = {"0": "control / standard arm", "1": "active / intensive arm"}
 REAL_CURVE_LABEL = "real (held-out test participants)"
 # The GAN variants of results["variants"], in plotting order, with their line styles.
-VARIANT_STYLES = {"private": "C0-s", "nonprivate": "C1-^"}
+VARIANT_STYLES = {"merf": "C2-D", "private": "C0-s", "nonprivate": "C1-^"}
 
 
 def trajectory(x: np.ndarray, arm: np.ndarray, data: trials.TrialData) -> dict:
@@ -48,12 +48,14 @@ def plot_trajectories(results: dict, data: trials.TrialData, workdir: str,
         if variant not in results["variants"]:
           continue
         v = results["variants"][variant]
-        if arm not in v["trajectories"][panel]:
-          continue
-        label = (f"private (eps={v['epsilon']:.2f})" if v["private"] else "non-private")
-        epochs = v["panel_epochs"][panel]
-        label += (f", epoch{'s' if len(epochs) > 1 else ''} "
-                  f"{','.join(_epoch_label(e) for e in epochs)}")
+        if arm not in v["trajectories"].get(panel, {}):
+          continue  # DP-MERF has no epochs: final panel only
+        label = v.get("label", variant) + (f" (eps={v['epsilon']:.2f})" if v["private"]
+                                           else " (eps=inf)")
+        epochs = [e for e in v["panel_epochs"][panel] if e != ""]
+        if epochs:
+          label += (f", epoch{'s' if len(epochs) > 1 else ''} "
+                    f"{','.join(_epoch_label(e) for e in epochs)}")
         ax.plot(visits, v["trajectories"][panel][arm], style, label=label)
       ax.set_title(ARM_NAMES[arm])
       ax.set_xlabel("visit")

@@ -26,6 +26,7 @@ def get_config(arg: str | None = None):
   config.discriminator_width = 64
   config.rf_trees = 100
   config.num_synthetic = 1000
+  config.merf = True
   if arg == "tiny":
     config.name = "quick:tiny"
     config.num_participants = 80
@@ -40,6 +41,10 @@ def get_config(arg: str | None = None):
     config.rf_trees = 5
     config.top_k = 2
     config.num_synthetic = 40
+    config.merf_frequencies = 20
+    config.merf_generator_width = 16
+    config.merf_steps = 20
+    config.merf_batch_size = 16
   elif arg:
     raise ValueError(f"quick.py:{arg}: unknown argument; use quick.py or quick.py:tiny.")
   return config
