@@ -25,8 +25,8 @@ records is not clipped k times harder than a person with one (with the sum, pers
 records would be clipped more and their per-record weight would drop, so the clip norm would
 have to grow with k). The cost is that each person, not each record, weighs equally.
 
-Person ids: `ids_from_kermany_names` reads the Kaggle chest X-ray (Kermany) file names; an npz
-may carry a `train_ids` array (`dpjax.data.images.load_npz`). Merging two real persons under one
+Person ids: `dpjax.data.images` reads them from the Kaggle chest X-ray (Kermany) file names
+(`load_chest_xray(..., person_ids=True)`) or from an npz's `train_ids` array. Merging two real persons under one
 id is safe (the pair is protected as one unit); splitting one person over two ids is not, so
 names that do not state a person are refused rather than guessed.
 """
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from typing import Any, Callable, Sequence
 
 import jax
@@ -48,52 +47,6 @@ from dpjax import sampling
 
 PyTree = Any
 RECORDS, RECORD_MASK = "records", "record_mask"
-
-
-# ------------------------------------------------------------------------------- person ids
-
-
-_KERMANY_PERSON = re.compile(r"^person(\d+)_(?:bacteria|virus)_\d+\.jpe?g$", re.IGNORECASE)
-
-
-def kermany_person_id(file_name: str) -> int:
-  """The patient number in a Kermany chest X-ray file name: `person123_bacteria_456.jpeg` -> 123.
-
-  Only PNEUMONIA files name a patient (`person<patient>_<bacteria|virus>_<image>.jpeg`; the same
-  patient number under bacteria and virus is taken as one person, which can only merge persons,
-  never split one). NORMAL files are `IM-0001-0001.jpeg` or `NORMAL2-IM-0007-0001.jpeg`: the
-  dataset documents no patient in them (the first number may or may not be a patient), and a
-  wrong guess that splits one patient over two ids silently breaks the per-person guarantee, so
-  they are refused.
-  """
-  name = os.path.basename(file_name)
-  match = _KERMANY_PERSON.match(name)
-  if match is None:
-    raise ValueError(
-        f"{file_name!r} names no person: only Kermany PNEUMONIA files "
-        "(person<patient>_<bacteria|virus>_<image>.jpeg) carry a patient number; NORMAL files "
-        "(IM-XXXX-XXXX.jpeg, NORMAL2-IM-...) document none, and guessing could split one "
-        "patient into two persons. Give the ids explicitly (an npz with a train_ids array), or "
-        "rename the files person<patient>_..._<n>.jpeg from a verified patient list.")
-  return int(match.group(1))
-
-
-def ids_from_kermany_names(file_names: Sequence[str]) -> np.ndarray:
-  """Person ids of Kermany file names; raises naming how many (and which) state no person."""
-  ids, unnamed = [], []
-  for name in file_names:
-    try:
-      ids.append(kermany_person_id(name))
-    except ValueError:
-      unnamed.append(name)
-  if unnamed:
-    raise ValueError(
-        f"{len(unnamed)} of {len(file_names)} files name no person (e.g. {unnamed[:3]}): only "
-        "Kermany PNEUMONIA files (person<patient>_<bacteria|virus>_<image>.jpeg) carry a "
-        "patient number, NORMAL files (IM-XXXX-XXXX.jpeg) document none and are not guessed. "
-        "Give the ids explicitly (an npz with a train_ids array), or rename the files "
-        "person<patient>_..._<n>.jpeg from a verified patient list.")
-  return np.asarray(ids, np.int64)
 
 
 # ------------------------------------------------------------------------------- sampling

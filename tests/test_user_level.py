@@ -17,6 +17,7 @@ from dpjax import randomness
 from dpjax import report
 from dpjax import train as step_lib
 from dpjax import user_level
+from dpjax.data import images
 
 
 def loss_fn(params, example):
@@ -168,14 +169,14 @@ def test_engine_trains_per_person_and_the_report_says_per_person(tmp_path):
 
 
 def test_kermany_names():
-  assert user_level.kermany_person_id("train/PNEUMONIA/person123_bacteria_456.jpeg") == 123
-  assert user_level.kermany_person_id("person7_virus_8.jpeg") == 7
+  assert images.kermany_person_id("train/PNEUMONIA/person123_bacteria_456.jpeg") == 123
+  assert images.kermany_person_id("person7_virus_8.jpeg") == 7
   np.testing.assert_array_equal(
-      user_level.ids_from_kermany_names(["person1_virus_2.jpeg", "person1_bacteria_3.jpeg"]),
+      images.ids_from_names(["person1_virus_2.jpeg", "person1_bacteria_3.jpeg"]),
       [1, 1])
   for name in ("IM-0001-0001.jpeg", "NORMAL2-IM-0007-0001.jpeg"):
     with pytest.raises(ValueError, match="name no person"):
-      user_level.ids_from_kermany_names(["person1_virus_2.jpeg", name])
+      images.ids_from_names(["person1_virus_2.jpeg", name])
 
 
 def test_bad_settings_are_named():
@@ -183,3 +184,28 @@ def test_bad_settings_are_named():
     user_level.PersonSampler(np.arange(5), batch_size=2, records_per_person=0)
   with pytest.raises(ValueError, match="vmap"):
     user_level.clipping_config(clipping.ClippingConfig(method="ghost"))
+
+
+def test_loaders_read_person_ids(tmp_path):
+  from PIL import Image
+  pixels = np.full((8, 8), 128, np.uint8)
+  for split, names in {"train": ["person3_bacteria_1.jpeg", "person3_virus_2.jpeg",
+                                 "person4_bacteria_3.jpeg"], "test": ["person9_virus_1.jpeg"]}.items():
+    folder = tmp_path / "xray" / split / "PNEUMONIA"
+    folder.mkdir(parents=True)
+    for name in names:
+      Image.fromarray(pixels).save(folder / name)
+    (tmp_path / "xray" / split / "NORMAL").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "xray" / split / "NORMAL" / "person5_normal_1.jpeg")
+  dataset = images.load_image_dataset(f"chest_xray:{tmp_path / 'xray'}", person_ids=True)
+  assert sorted(dataset.train_ids.tolist()) == [3, 3, 4, 5]
+  Image.fromarray(pixels).save(tmp_path / "xray" / "train" / "NORMAL" / "IM-0001-0001.jpeg")
+  with pytest.raises(ValueError, match="IM-0001-0001"):
+    images.load_image_dataset(f"chest_xray:{tmp_path / 'xray'}", person_ids=True)
+  arrays = {"train_images": np.zeros((3, 4, 4), np.uint8), "train_labels": np.array([0, 1, 0]),
+            "test_images": np.zeros((2, 4, 4), np.uint8), "test_labels": np.array([0, 1])}
+  np.savez(tmp_path / "plain.npz", **arrays)
+  with pytest.raises(ValueError, match="names no persons"):
+    images.load_image_dataset(f"npz:{tmp_path / 'plain.npz'}", person_ids=True)
+  np.savez(tmp_path / "ids.npz", train_ids=np.array([7, 7, 8]), **arrays)
+  assert images.load_image_dataset(f"npz:{tmp_path / 'ids.npz'}").train_ids.tolist() == [7, 7, 8]

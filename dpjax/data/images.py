@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import pathlib
+import re
 import struct
 import tarfile
 from collections.abc import Callable, Sequence
@@ -60,6 +61,9 @@ class ImageDataset:
   val_images: np.ndarray | None = None
   val_labels: np.ndarray | None = None
   class_names: tuple[str, ...] = ()
+  # The person of each training record, for per-person DP (`dpjax.user_level`); None when the
+  # source names no persons.
+  train_ids: np.ndarray | None = None
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -191,6 +195,8 @@ def _subsample_splits(dataset: ImageDataset, max_per_class: int | None,
   for offset, (split, (images, labels)) in enumerate(dataset.splits().items()):
     keep = _indices_per_class(labels, max_per_class, (seed, offset))
     changes[f"{split}_images"], changes[f"{split}_labels"] = images[keep], labels[keep]
+    if split == "train" and dataset.train_ids is not None:
+      changes["train_ids"] = dataset.train_ids[keep]
   return dataclasses.replace(dataset, **changes)
 
 
@@ -243,6 +249,11 @@ def validate_image_dataset(dataset: ImageDataset) -> ImageDataset:
     if out_of_range.any():
       raise ValueError(f"{at}: {int(out_of_range.sum())} labels outside [0, "
                        f"{dataset.num_classes}), e.g. {np.unique(labels[out_of_range])[:5]}")
+  if dataset.train_ids is not None:
+    ids = np.asarray(dataset.train_ids)
+    if ids.shape != dataset.train_labels.shape or not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"{where}: train_ids must be integers, one per training image "
+                       f"({dataset.train_labels.shape}), got {ids.dtype} {ids.shape}")
   return dataset
 
 
@@ -290,11 +301,66 @@ def _stack_uint8(arrays: list[np.ndarray], source: str) -> np.ndarray:
   return _with_channel_axis(np.stack(arrays), source)
 
 
+# ------------------------------------------------------------------------------ person ids
+
+
+# Kermany's PNEUMONIA files are person<patient>_<bacteria|virus>_<image>.jpeg; "normal" admits
+# NORMAL files renamed the same way from a verified patient list.
+_KERMANY_PERSON = re.compile(r"^person(\d+)_(?:bacteria|virus|normal)_\d+\.jpe?g$",
+                             re.IGNORECASE)
+
+
+def kermany_person_id(file_name: str) -> int:
+  """The patient number in a Kermany chest X-ray file name: `person123_bacteria_456.jpeg` -> 123.
+
+  Only PNEUMONIA files name a patient (`person<patient>_<bacteria|virus>_<image>.jpeg`; the same
+  patient number under bacteria and virus is taken as one person, which can only merge persons,
+  never split one). NORMAL files are `IM-0001-0001.jpeg` or `NORMAL2-IM-0007-0001.jpeg`: the
+  dataset documents no patient in them (the first number may or may not be a patient), and a
+  wrong guess that splits one patient over two ids silently breaks the per-person guarantee, so
+  they are refused.
+  """
+  name = os.path.basename(file_name)
+  match = _KERMANY_PERSON.match(name)
+  if match is None:
+    raise ValueError(
+        f"{file_name!r} names no person: only Kermany PNEUMONIA files "
+        "(person<patient>_<bacteria|virus>_<image>.jpeg) carry a patient number; NORMAL files "
+        "(IM-XXXX-XXXX.jpeg, NORMAL2-IM-...) document none, and guessing could split one "
+        "patient into two persons. Give the ids explicitly (an npz with a train_ids array), or "
+        "rename the files person<patient>_normal_<n>.jpeg from a verified patient list.")
+  return int(match.group(1))
+
+
+def ids_from_names(file_names: Sequence[str],
+                   person_id: Callable[[str], int] = None) -> np.ndarray:
+  """Person ids of file names (Kermany's by default); raises naming which state no person."""
+  person_id = person_id or kermany_person_id
+  ids, unnamed = [], []
+  for name in file_names:
+    try:
+      ids.append(person_id(name))
+    except ValueError:
+      unnamed.append(os.path.basename(name))
+  if unnamed:
+    raise ValueError(
+        f"{len(unnamed)} of {len(file_names)} files name no person (e.g. {unnamed[:3]}): only "
+        "Kermany PNEUMONIA files (person<patient>_<bacteria|virus>_<image>.jpeg) carry a "
+        "patient number, NORMAL files (IM-XXXX-XXXX.jpeg) document none and are not guessed. "
+        "Give the ids explicitly (an npz with a train_ids array), or rename the files "
+        "person<patient>_normal_<n>.jpeg from a verified patient list.")
+  return np.asarray(ids, np.int64)
+
+
 # ------------------------------------------------------------------------------- loaders
 
 
 def load_npz(path: str | os.PathLike, *, name: str | None = None) -> ImageDataset:
-  """A MedMNIST-layout `.npz`: train_images/train_labels, test_*, optional val_*."""
+  """A MedMNIST-layout `.npz`: train_images/train_labels, test_*, optional val_*.
+
+  An optional `train_ids` array (one integer per training image) names the person of each
+  record, for per-person DP; `ids` is accepted for it too.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"image .npz file not found: {path}; pass --config.data_dir=DIR")
@@ -310,6 +376,10 @@ def load_npz(path: str | os.PathLike, *, name: str | None = None) -> ImageDatase
         splits[f"{split}_images"] = to_unit_float(
             _with_channel_axis(arrays[f"{split}_images"], str(path)))
         splits[f"{split}_labels"] = _flat_labels(arrays[f"{split}_labels"], str(path))
+    for key in ("train_ids", "ids"):
+      if key in arrays.files:
+        splits["train_ids"] = np.asarray(arrays[key]).reshape(-1)
+        break
   num_classes = 1 + max(int(labels.max(initial=0))
                         for key, labels in splits.items() if key.endswith("labels"))
   return ImageDataset(num_classes=num_classes, name=name or path.stem, **splits)
@@ -373,13 +443,15 @@ def _list_image_files(root: pathlib.Path) -> list[_ImageFile]:
 def load_image_folder(root: str | os.PathLike, *, resize: Size | None = None,
                       max_per_class: int | None = None, seed: int = 0,
                       test_fraction: float = 0.2, channels: int | None = None,
-                      name: str | None = None) -> ImageDataset:
+                      name: str | None = None,
+                      person_id: Callable[[str], int] | None = None) -> ImageDataset:
   """Images laid out as `root/{train,val,test}/<class>/*.{png,jpg,jpeg}`, or a tar(.gz) of that.
 
   Classes are the train folder names sorted alphabetically. Without a test folder,
   `test_fraction` of each train class is held out (chosen by `seed`). `max_per_class` keeps a
   random subset of each class in each split before decoding, for quick runs. `channels` forces
-  grey (1) or colour (3); by default colour unless every file is grey.
+  grey (1) or colour (3); by default colour unless every file is grey. `person_id(file name)`
+  gives the person of each training image (`train_ids`); it raises on a name naming none.
   """
   root = pathlib.Path(root).expanduser()
   source = str(root)
@@ -411,6 +483,8 @@ def load_image_folder(root: str | os.PathLike, *, resize: Size | None = None,
     pixels = _decode_all([f.read() for f in chosen], resize, channels, f"{source} ({split})")
     arrays[f"{split}_images"] = to_unit_float(pixels)
     arrays[f"{split}_labels"] = labels_of(chosen)
+    if split == "train" and person_id is not None:
+      arrays["train_ids"] = ids_from_names([f.key for f in chosen], person_id)
   _check_same_channels(arrays, source)
   return ImageDataset(num_classes=len(class_names), name=name or root.name,
                       class_names=class_names, **arrays)
@@ -425,13 +499,16 @@ def _check_same_channels(arrays: dict[str, np.ndarray], source: str) -> None:
 
 def load_chest_xray(root: str | os.PathLike, *, resize: Size | None = None,
                     max_per_class: int | None = None, seed: int = 0,
-                    channels: int = 1) -> ImageDataset:
+                    channels: int = 1, person_ids: bool = False) -> ImageDataset:
   """Kaggle's chest X-ray pneumonia layout: {train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg.
 
   The X-rays vary in size, so real data needs `resize`; they are read as grey by default.
+  `person_ids`: read each training image's patient from its Kermany file name
+  (`kermany_person_id`); refused when a file (e.g. a NORMAL one) names no patient.
   """
   dataset = load_image_folder(root, resize=resize, max_per_class=max_per_class, seed=seed,
-                              channels=channels, name="chest_xray")
+                              channels=channels, name="chest_xray",
+                              person_id=kermany_person_id if person_ids else None)
   if dataset.class_names != CHEST_XRAY_CLASSES:
     raise ValueError(f"{root}: chest X-ray classes must be {list(CHEST_XRAY_CLASSES)}, found "
                      f"{list(dataset.class_names)}; use folder:PATH for other class layouts")
@@ -638,7 +715,8 @@ def _user_path(text: str, data_dir: str | None, what: str) -> pathlib.Path:
 
 
 def load_image_dataset(name: str, data_dir: str | None = None, *, resize: Size | None = None,
-                       max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
+                       max_per_class: int | None = None, seed: int = 0,
+                       person_ids: bool = False) -> ImageDataset:
   """Loads, optionally resizes and subsamples, and validates an image dataset by name.
 
   Names: "pneumoniamnist", "retinamnist" (MedMNIST .npz under `data_dir`), "cifar10_folder"
@@ -646,6 +724,8 @@ def load_image_dataset(name: str, data_dir: str | None = None, *, resize: Size |
   "folder:PATH", "aptos:PATH", "chest_xray:PATH", "npz:PATH". `data_dir` defaults to
   `dpjax.data.paths.default_data_dir()` for files, and to tfds' own default for "tfds:".
   `max_per_class` keeps a random subset (by `seed`) of each class in every split.
+  `person_ids`: the training images must name their persons (`train_ids`, for per-person DP):
+  from Kermany file names for "chest_xray:", from a `train_ids` array for npz files.
   """
   kind, _, argument = name.partition(":")
   common = dict(resize=resize, max_per_class=max_per_class, seed=seed)
@@ -662,12 +742,18 @@ def load_image_dataset(name: str, data_dir: str | None = None, *, resize: Size |
   elif argument and kind == "aptos":
     dataset = load_aptos(_user_path(argument, data_dir, "APTOS"), **common)
   elif argument and kind == "chest_xray":
-    dataset = load_chest_xray(_user_path(argument, data_dir, "chest X-ray"), **common)
+    dataset = load_chest_xray(_user_path(argument, data_dir, "chest X-ray"),
+                              person_ids=person_ids, **common)
   elif argument and kind == "npz":
     path = _user_path(argument, data_dir, "image .npz")
     dataset = load_npz(path, name=path.stem)
   else:
     raise ValueError(f"unknown image dataset {name!r}; valid names: {', '.join(dataset_names())}")
+  if person_ids and dataset.train_ids is None:
+    raise ValueError(f"dataset {name!r} names no persons: per-person DP needs "
+                     "chest_xray:PATH with Kermany file names (person<patient>_...jpeg) or an "
+                     "npz with a train_ids array; or set --config.records_per_person=0 for "
+                     "per-record DP.")
   # File decoders already applied these two; on arrays they are cheap no-ops when unneeded.
   dataset = _resize_splits(_subsample_splits(dataset, max_per_class, seed), resize)
   return validate_image_dataset(dataset)
