@@ -15,7 +15,10 @@ distort timings, so compare ratios within one run.
 
 `compare="opacus"` runs the same model, batch, clip norm and noise in PyTorch/Opacus
 (`experiments.benchmark.opacus_compare`; needs `pip install torch==2.13.0 opacus`, the
-`compare` extra). `cpu_devices` splits the host CPU into XLA devices (`dpjax.devices`): it must
+`compare` extra). `compare="jax_privacy"` adds jax_privacy 2.0.0's DP-SGD step
+(`experiments.benchmark.jax_privacy_compare`, `pip install jax-privacy==2.0.0`) as one more JAX
+variant, interleaved with dpjax's; `compare="all"` runs both peers. Whole tables, one process
+per row: `experiments.benchmark.suite` (`--suite=table`, `--suite=gpu`). `cpu_devices` splits the host CPU into XLA devices (`dpjax.devices`): it must
 be applied before JAX initialises, which `train_and_evaluate` does first thing.
 """
 

@@ -93,8 +93,13 @@ def _models():
 
 
 def run(workload: str, x: np.ndarray, y: np.ndarray, *, steps: int, warmup: int, rounds: int,
-        clip_norm: float, noise_multiplier: float, learning_rate: float, modes, seed: int) -> dict:
-  """Median ms per step of the non-private step and of Opacus in each `grad_sample_mode`."""
+        clip_norm: float, noise_multiplier: float, learning_rate: float, modes, seed: int,
+        device: str | None = None) -> dict:
+  """Median ms per step of the non-private step and of Opacus in each `grad_sample_mode`.
+
+  `device`: a torch device; None is "cuda" where torch sees a GPU, else "cpu". On a GPU each
+  step is followed by `torch.cuda.synchronize()`, as the JAX steps by `block_until_ready`.
+  """
   import opacus  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   from torch import nn  # pylint: disable=import-outside-toplevel
@@ -102,6 +107,8 @@ def run(workload: str, x: np.ndarray, y: np.ndarray, *, steps: int, warmup: int,
   warnings.filterwarnings("ignore", message="Full backward hook is firing")
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(seed)
+  device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
   if workload == "linear":
     inputs = torch.from_numpy(np.ascontiguousarray(x))
     targets = torch.from_numpy(np.asarray(y, np.float32)).reshape(-1, 1)
@@ -110,18 +117,19 @@ def run(workload: str, x: np.ndarray, y: np.ndarray, *, steps: int, warmup: int,
     inputs = torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
     targets = torch.from_numpy(np.asarray(y, np.int64))
     criterion = nn.CrossEntropyLoss
+  inputs, targets = inputs.to(device), targets.to(device)
   batch_size = inputs.shape[0]
   builder = _models()[workload]
   loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets),
                                        batch_size=batch_size)
 
   runners = {}
-  model = builder()
+  model = builder().to(device)
   optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
   runners["nonprivate"] = (model, optimizer, criterion())
   errors = {}
   for mode in modes:
-    model = builder()
+    model = builder().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     try:
       made = opacus.PrivacyEngine().make_private(
@@ -143,6 +151,7 @@ def run(workload: str, x: np.ndarray, y: np.ndarray, *, steps: int, warmup: int,
     loss = loss_fn(model(inputs), targets)
     loss.backward()
     optimizer.step()
+    sync()
 
   times = {name: ([], []) for name in runners}
   for name, runner in list(runners.items()):
@@ -165,5 +174,5 @@ def run(workload: str, x: np.ndarray, y: np.ndarray, *, steps: int, warmup: int,
     results[name] = {"median_ms": 1e3 * median, "min_ms": 1e3 * float(np.min(wall)),
                      "examples_per_sec": batch_size / median,
                      "cores_used": float(np.sum(cpu) / np.sum(wall))}
-  return {"torch": torch.__version__, "opacus": opacus.__version__,
+  return {"torch": torch.__version__, "opacus": opacus.__version__, "device": device,
           "threads": torch.get_num_threads(), "results": results, "errors": errors}

@@ -21,7 +21,7 @@ def base(arg: str | None, batch_size: int, steps: int, workload: str = "cnn",
   config.batch_size = batch_size
   config.steps = steps
   config.rounds = 2
-  config.compare = "opacus"
+  config.compare = "all"  # Opacus and jax_privacy
   if not one_device:
     config.cpu_devices = "2"
     config.data_parallel = True
