@@ -42,7 +42,7 @@ def save(workdir: str, state: Any, meta: dict) -> str:
   host_state = jax.tree.map(_to_host, serialization.to_state_dict(state))
   payload = serialization.msgpack_serialize({"state": host_state, "meta": json.dumps(meta)})
   final = path(workdir)
-  tmp = final + ".tmp"
+  tmp = f"{final}.tmp{os.getpid()}"  # never two writers on one temporary file
   with open(tmp, "wb") as f:
     f.write(payload)
     f.flush()

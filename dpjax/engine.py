@@ -57,8 +57,9 @@ class LoopConfig:
   log_every: int = 50
   allow_privacy_change: bool = False
   data_on_device: bool | None = None  # None: when the data fits in 2 GB
-  # Shard each batch over all local devices; on CPU see `dpjax.devices`. The sampler's padded
-  # batch size must be a multiple of the device count.
+  # Shard each batch over all devices (of every process); on CPU see `dpjax.devices`. Always on
+  # in a multi-process run (`jax.distributed.initialize`). Batches are padded (masked) up to a
+  # multiple of the device count.
   data_parallel: bool = False
 
 
@@ -98,6 +99,18 @@ def _step_inputs(gather, batch: sampling.Batch, rows: slice):
   return user_level.person_inputs(inputs, np.asarray(batch.record_mask[rows]))
 
 
+def _check_same_checkpoint(restored) -> None:
+  """Every process must resume from the same step: the workdir has to be on storage that all
+  hosts share (process 0 writes it, every process reads it)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top  (multi-host only)
+  step = -1 if restored is None else int(restored[0].step)
+  steps = np.asarray(multihost_utils.process_allgather(np.asarray([step], np.int64))).reshape(-1)
+  if len(set(steps.tolist())) > 1:
+    raise ValueError(f"processes found different checkpoints (steps {steps.tolist()}; -1: none): "
+                     "the workdir must be on a filesystem shared by every host (process 0 "
+                     "writes the checkpoint, all processes restore it).")
+
+
 def _nbytes(tree) -> int:
   return sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
 
@@ -129,18 +142,30 @@ def _check_inputs(data, sampler: sampling.BatchSampler, dp, loop: LoopConfig) ->
                     "use delta well below 1/N.", loop.delta, 1.0 / sampler.dataset_size)
 
 
-def data_parallel_mesh(sampler: sampling.BatchSampler):
-  """The mesh over all local devices, or None (with a log line) when there is only one."""
-  devices = jax.local_devices()
+def data_parallel_mesh(sampler: sampling.BatchSampler | None = None):
+  """The mesh over every device of every process, or None (with a log line) when there is one.
+
+  Multi-host: each process then feeds its share of the global padded batch (`_place`).
+  """
+  del sampler  # the engine pads each batch to a multiple of the devices (`step_batch_size`)
+  devices = jax.devices()
   if len(devices) == 1:
     logging.info("data_parallel: only one device; training on it (on CPU, split the host with "
                  "cpu_devices, see dpjax.devices).")
     return None
-  if sampler.padded_size % len(devices):
-    raise ValueError(f"data_parallel: the padded batch size {sampler.padded_size} is not a "
-                     f"multiple of the {len(devices)} devices; build the sampler with "
-                     f"multiple_of={len(devices)}.")
   return parallel.data_mesh(devices)
+
+
+def step_batch_size(sampler: sampling.BatchSampler, mesh) -> int:
+  """The padded batch the step sees: the sampler's, rounded up to a multiple of the devices."""
+  devices = 1 if mesh is None else mesh.devices.size
+  return -(-sampler.padded_size // devices) * devices
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's files: process 0 of a multi-host run (one ledger,
+  one checkpoint, one log), the only process otherwise."""
+  return jax.process_index() == 0
 
 
 _STEP_CACHE: dict = {}
@@ -215,7 +240,8 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   _check_inputs(data, sampler, dp, loop)
   randomness = randomness_lib.shared_across_processes(randomness)
   sampler = dataclasses.replace(sampler, secret_seed=randomness.sampling_seed(stream))
-  mesh = data_parallel_mesh(sampler) if loop.data_parallel else None
+  multi_process = jax.process_count() > 1
+  mesh = data_parallel_mesh() if loop.data_parallel or multi_process else None
   step_fn = (make_step or compiled_step)(loss_fn, optimizer, dp, mesh)
   phase = (sampler.privacy_phase(0.0) if dp is None
            else sampler.privacy_phase(dp.noise_multiplier, dp.mechanism))
@@ -227,6 +253,8 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   private = report.private_dir(loop.workdir) if loop.workdir else None
   if private:
     restored = checkpoint.restore(private, state)
+    if multi_process:
+      _check_same_checkpoint(restored)
     if restored is not None:
       state, meta = restored
       ledger = accounting.PrivacyLedger.from_dict(meta["ledger"])
@@ -247,19 +275,22 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   else:
     state = parallel.replicate(state, mesh)
     gather = _gatherer(data, on_device=False)
-    share = parallel.process_share(sampler.padded_size)
-    place = lambda batch: parallel.shard_batch(
-        _step_inputs(gather, batch, share), batch.mask[share], mesh,
-        global_batch_size=sampler.padded_size)
+    padded = step_batch_size(sampler, mesh)
+    share = parallel.process_share(padded)
+
+    def place(batch):  # this process gathers and feeds only its own share of the batch
+      batch = sampling.pad_batch(batch, padded)
+      return parallel.shard_batch(_step_inputs(gather, batch, share), batch.mask[share], mesh,
+                                  global_batch_size=padded)
 
   budget_steps = None
   if loop.max_epsilon is not None and dp is not None:
     budget_steps = steps_within_budget(ledger, loop.max_epsilon, loop.delta, loop.accountant,
                                        loop.num_steps)
-  records = _Records(loop.workdir)
+  records = _Records(loop.workdir if is_writer() else None)
 
   def save():
-    if private:
+    if private and is_writer():
       checkpoint.save(private, state, {"ledger": ledger.to_dict(), "config": run_config or {},
                                        "secure_randomness": randomness.secure})
 
@@ -398,7 +429,7 @@ def make_private(loss_fn, params: PyTree, optimizer: optax.GradientTransformatio
   if len(dataset_size) != 1:
     raise ValueError(f"data leaves have different leading sizes {sorted(dataset_size)}.")
   dataset_size = dataset_size.pop()
-  multiple_of = jax.local_device_count() if data_parallel else 1
+  multiple_of = jax.device_count() if data_parallel else 1
   sampler = sampling.BatchSampler(dataset_size, batch_size, sampling_method, multiple_of=multiple_of)
   num_steps = sampler.steps_for_epochs(epochs) if steps is None else int(steps)
   if num_steps < 1:

@@ -188,7 +188,7 @@ def markdown(report: dict) -> str:
 
 
 def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
+  tmp = f"{path}.tmp{os.getpid()}"  # processes of a multi-host run may write the same report
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)

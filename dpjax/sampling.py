@@ -88,6 +88,19 @@ class Batch:
   record_mask: np.ndarray | None = None
 
 
+def pad_batch(batch: Batch, size: int) -> Batch:
+  """`batch` with masked slots appended up to `size` rows (e.g. a multiple of the devices)."""
+  extra = size - batch.mask.shape[0]
+  if extra < 0:
+    raise ValueError(f"cannot pad a batch of {batch.mask.shape[0]} rows down to {size}.")
+  if extra == 0:
+    return batch
+  pad = lambda a: np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)])
+  return dataclasses.replace(
+      batch, indices=pad(batch.indices), mask=pad(batch.mask),
+      record_mask=None if batch.record_mask is None else pad(batch.record_mask))
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchSampler:
   """Draws the batch of a given step.
