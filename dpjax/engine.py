@@ -18,6 +18,7 @@ arrays in; a calibrated private trainer out.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -40,6 +41,7 @@ from dpjax import report
 from dpjax import sampling
 from dpjax import train as step_lib
 from dpjax import user_level
+from dpjax.data import sources
 
 PyTree = Any
 
@@ -83,6 +85,8 @@ class TrainResult:
 
 
 def _gatherer(data, on_device: bool):
+  if sources.is_source(data):  # on disk: only the selected rows are read
+    return data.gather
   if on_device:
     device_data = jax.device_put(data)
     take = jax.jit(lambda d, idx: jax.tree.map(lambda a: jnp.take(a, idx, axis=0), d))
@@ -125,8 +129,11 @@ def check_finite_data(data) -> None:
 
 
 def _check_inputs(data, sampler: sampling.BatchSampler, dp, loop: LoopConfig) -> None:
-  check_finite_data(data)
-  sizes = {np.shape(x)[0] for x in jax.tree.leaves(data)}
+  if sources.is_source(data):
+    sizes = {data.num_records}  # its batches are checked for NaN/Inf as they are read
+  else:
+    check_finite_data(data)
+    sizes = {np.shape(x)[0] for x in jax.tree.leaves(data)}
   if sizes != {sampler.num_records}:
     raise ValueError(f"data leaves have leading sizes {sorted(sizes)}; the sampler expects "
                      f"{sampler.num_records} examples.")
@@ -213,12 +220,13 @@ class _Records:
       f.close()
 
 
-def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data: PyTree, *,
+def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data, *,
           sampler: sampling.BatchSampler, dp: step_lib.DPConfig | None, loop: LoopConfig,
           randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE,
           stream: str = "model", eval_fn: Callable[[PyTree], dict] | None = None,
           run_config: dict | None = None, make_step: Callable | None = None) -> TrainResult:
-  """Trains `params` on `data` (a pytree of host arrays with a leading example axis).
+  """Trains `params` on `data`: a pytree of host arrays with a leading example axis, or a
+  source read a batch at a time from disk (`dpjax.data.sources`, for data larger than memory).
 
   `randomness` is the source of the batch selection and the noise (OS CSPRNG by default);
   `stream` names this model's randomness so that several models of one run (arms of a sweep)
@@ -267,7 +275,9 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   ledger.begin(phase, allow_change=loop.allow_privacy_change)
 
   on_device = loop.data_on_device
-  if on_device is None:
+  if sources.is_source(data):
+    on_device = False
+  elif on_device is None:
     on_device = _nbytes(data) < 2 * 1024 ** 3
   if mesh is None:
     gather = _gatherer(data, on_device)
@@ -300,6 +310,11 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   stopped_by_budget = False
   start_step = int(state.step)
   window_start, window_steps = time.perf_counter(), 0
+  # From disk, the next batch is selected, read and decoded on a host thread while the step
+  # runs; a batch prepared for a step that never runs (budget, error) is dropped unseen.
+  prefetch = concurrent.futures.ThreadPoolExecutor(1) if sources.is_source(data) else None
+  prepare = lambda t: place(sampler.batch(t))
+  pending = prefetch.submit(prepare, start_step) if prefetch else None
   try:
     for t in range(start_step, loop.num_steps):
       if budget_steps is not None and t - start_step >= budget_steps:
@@ -309,8 +324,13 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
                         "(spent %.4f at delta=%g).", t + 1, loop.max_epsilon, epsilon_now(),
                         loop.delta)
         break
-      batch = sampler.batch(t)
-      state, metrics = step_fn(state, *place(batch))
+      if prefetch:
+        inputs = pending.result()
+        if t + 1 < loop.num_steps:
+          pending = prefetch.submit(prepare, t + 1)
+      else:
+        inputs = prepare(t)
+      state, metrics = step_fn(state, *inputs)
       ledger.record(1)
       window_steps += 1
       done = t + 1
@@ -337,6 +357,8 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
         save()
   finally:
     records.close()
+    if prefetch:
+      prefetch.shutdown(wait=True, cancel_futures=True)
   save()
   return TrainResult(state=state, ledger=ledger, history=records.public,
                      private_history=records.private, stopped_by_budget=stopped_by_budget,
