@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dpjax.models import conv
+
 
 class SmallCNN(nn.Module):
   """The 4-conv network of Opacus's CIFAR-10 example (131,466 parameters on 32x32x3, 10 classes).
@@ -14,12 +16,14 @@ class SmallCNN(nn.Module):
   """
   num_classes: int = 10
   channels: Sequence[int] = (32, 64, 64, 128)
+  conv_lowering: str = "auto"  # dpjax.models.conv: per backend and shape; "native" is nn.Conv's
 
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
     x = images
     for index, features in enumerate(self.channels):
-      x = nn.relu(nn.Conv(features, (3, 3), padding="SAME", name=f"conv{index}")(x))
+      x = nn.relu(conv.Conv(features, (3, 3), padding="SAME", lowering=self.conv_lowering,
+                            name=f"conv{index}")(x))
       if index < len(self.channels) - 1:
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(-3, -2))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dpjax.models import conv as conv_lib
 from dpjax.models.weights import load_params, save_params  # pylint: disable=unused-import
 
 NormFactory = Callable[[], nn.Module]
@@ -56,11 +57,13 @@ class BasicBlock(nn.Module):
   features: int
   strides: int
   norm: NormFactory
+  conv_lowering: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     # Explicit padding 1 (not "SAME") matches PyTorch for stride 2, for converted weights.
-    conv = functools.partial(nn.Conv, self.features, use_bias=False)
+    conv = functools.partial(conv_lib.Conv, self.features, use_bias=False,
+                             lowering=self.conv_lowering)
     y = conv((3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name="conv1")(x)
     y = nn.relu(self.norm()(y))
     y = conv((3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
@@ -78,6 +81,7 @@ class ResNet(nn.Module):
   num_filters: int = 64
   norm: str | NormFactory = "group"
   num_groups: int = 32
+  conv_lowering: str = "auto"  # dpjax.models.conv: per backend and shape; "native" is nn.Conv's
 
   def __post_init__(self):
     norm_factory(self.norm, self.num_groups)  # refuse BatchNorm when built, not when first run
@@ -86,13 +90,13 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
     norm = norm_factory(self.norm, self.num_groups)
-    x = nn.Conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                name="stem_conv")(images)
+    x = conv_lib.Conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                      lowering=self.conv_lowering, name="stem_conv")(images)
     x = nn.relu(norm()(x))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.num_filters * 2**stage, strides, norm,
+        x = BasicBlock(self.num_filters * 2**stage, strides, norm, self.conv_lowering,
                        name=f"stage{stage + 1}_block{block + 1}")(x)
     x = jnp.mean(x, axis=(-3, -2))
     return nn.Dense(self.num_classes, name="head")(x)

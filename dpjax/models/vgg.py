@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from dpjax import ghost
+from dpjax.models import conv as conv_lib
 
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                 512, 512, 512, "M")
@@ -61,6 +62,7 @@ class VGG(nn.Module):
   num_classes: int = 10
   config: Sequence[int | str] = VGG16_CONFIG
   patches_max_size: int = 2
+  conv_lowering: str = "auto"  # the other convs: dpjax.models.conv, per backend and shape
 
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
@@ -71,8 +73,12 @@ class VGG(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         continue
       tiny_input = max(x.shape[-3], x.shape[-2]) <= self.patches_max_size
-      conv = PatchesConv if tiny_input else nn.Conv
-      x = nn.relu(conv(item, (3, 3), padding="SAME", name=f"conv{conv_index}")(x))
+      if tiny_input:
+        layer = PatchesConv(item, (3, 3), padding="SAME", name=f"conv{conv_index}")
+      else:
+        layer = conv_lib.Conv(item, (3, 3), padding="SAME", lowering=self.conv_lowering,
+                              name=f"conv{conv_index}")
+      x = nn.relu(layer(x))
       conv_index += 1
     x = x.reshape((x.shape[0], -1))
     return nn.Dense(self.num_classes, name="head")(x)

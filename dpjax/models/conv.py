@@ -1,0 +1,202 @@
+"""A drop-in nn.Conv whose lowering is chosen per backend and shape.
+
+XLA's CPU convolution is slow on some shapes where the same product written as matrix
+multiplications of a patch matrix is fast: the weight gradient of a 3x3 conv on a 32x32x64 map
+(ResNet-18's first stage; 2.3x at batch 32), and every part of a conv on a 2x2 map (VGG-16's
+last block; ~100x). `Conv` is `nn.Conv` with the same parameters (names, shapes, initialisers:
+checkpoints and ghost clipping see no difference) that computes each of the three products of
+a convolution, the forward pass, the input gradient and the weight gradient, either with
+`lax.conv_general_dilated` ("native") or as a product with the patch matrix ("patches": the
+prod(kernel) shifted, strided slices of the padded input side by side, features ordered
+(*kernel, C_in) like the kernel). `lowering="auto"` keeps GPU/TPU on the native convolution and
+on CPU picks per part by the rules in `cpu_lowering`, measured per layer
+(experiments/benchmark/conv_layers.py; the numbers are in experiments/benchmark/README.md).
+
+Options the patch form does not cover (feature groups, dilation, masks, unshared weights,
+circular/reflect/causal padding, a custom `conv_general_dilated`) run nn.Conv unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.linen.linear import canonicalize_padding
+
+from dpjax import ghost
+
+NATIVE, PATCHES = "native", "patches"
+LOWERINGS = ("auto", NATIVE, PATCHES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowering:
+  """How each product of one convolution is computed: NATIVE or PATCHES."""
+  forward: str = NATIVE
+  input_grad: str = NATIVE
+  weight_grad: str = NATIVE
+
+  @property
+  def all_native(self) -> bool:
+    return (self.forward, self.input_grad, self.weight_grad) == (NATIVE,) * 3
+
+
+def cpu_lowering(spatial: Sequence[int], out_spatial: Sequence[int], in_channels: int) -> Lowering:
+  """The faster form of each product on XLA CPU (jax 0.10), from per-layer timings.
+
+  * Maps of at most 2x2 (VGG-16's last block): XLA's conv is ~100x slower than the patch
+    product in the forward pass and the input gradient, and slower in the weight gradient.
+  * 4x4 maps with >= 256 input channels: the patch product is ~1.8x faster forward and for
+    the input gradient; the weight gradient is even.
+  * >= 1024 output positions with >= 64 input channels (ResNet-18's first stage at 32x32):
+    XLA's weight gradient is ~2.3x slower than the patch product; forward and input gradient
+    are faster native.
+  Elsewhere (few input channels, 8x8-16x16 maps) the native convolution is as fast or faster.
+  """
+  largest = max(spatial)
+  if largest <= 2:
+    return Lowering(PATCHES, PATCHES, PATCHES)
+  if largest <= 4 and in_channels >= 256:
+    return Lowering(PATCHES, PATCHES, NATIVE)
+  if int(np.prod(out_spatial)) >= 1024 and in_channels >= 64:
+    return Lowering(NATIVE, NATIVE, PATCHES)
+  return Lowering()
+
+
+def choose_lowering(lowering: str, backend: str, spatial: Sequence[int],
+                    out_spatial: Sequence[int], in_channels: int) -> Lowering:
+  if lowering not in LOWERINGS:
+    raise ValueError(f"Conv lowering={lowering!r}: expected one of {LOWERINGS}.")
+  if lowering == NATIVE or (lowering == "auto" and backend != "cpu"):
+    return Lowering()
+  if lowering == PATCHES:
+    return Lowering(PATCHES, PATCHES, PATCHES)
+  return cpu_lowering(spatial, out_spatial, in_channels)
+
+
+def _dimension_numbers(n: int):
+  spatial = "DHW"[-n:] if n <= 3 else None
+  if spatial is None:
+    raise ValueError(f"Conv with {n} spatial dimensions: at most 3 are supported here.")
+  return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+
+
+def _native(x, kernel, strides, pads, precision):
+  return jax.lax.conv_general_dilated(
+      x, kernel, strides, pads, dimension_numbers=_dimension_numbers(len(strides)),
+      precision=precision)
+
+
+def patch_matrix(x, kernel_size, strides, pads):
+  """(N, *out_spatial, prod(kernel) * C_in): strided slices of the padded input side by side,
+  features ordered (*kernel, C_in) like nn.Conv's kernel; `x` is (N, *spatial, C_in)."""
+  x = jnp.pad(x, [(0, 0)] + [tuple(p) for p in pads] + [(0, 0)])
+  out = [(s - k) // st + 1 for s, k, st in zip(x.shape[1:-1], kernel_size, strides)]
+  parts = []
+  for offset in np.ndindex(*kernel_size):
+    start = (0, *offset, 0)
+    limit = (x.shape[0], *[o + (m - 1) * st + 1 for o, m, st in zip(offset, out, strides)],
+             x.shape[-1])
+    parts.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def _patches(x, kernel, strides, pads, precision):
+  matrix = kernel.reshape(-1, kernel.shape[-1])
+  return jnp.dot(patch_matrix(x, kernel.shape[:-2], strides, pads), matrix, precision=precision)
+
+
+_FORMS = {NATIVE: _native, PATCHES: _patches}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv(x, kernel, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...],
+         lowering: Lowering, precision=None):
+  """An N-d convolution, channels last, each product computed in the form `lowering` names."""
+  return _FORMS[lowering.forward](x, kernel, strides, pads, precision)
+
+
+def _conv_fwd(x, kernel, strides, pads, lowering, precision):
+  return conv(x, kernel, strides, pads, lowering, precision), (x, kernel)
+
+
+def _conv_bwd(strides, pads, lowering, precision, residuals, g):
+  x, kernel = residuals
+  input_form = _FORMS[lowering.input_grad]
+  _, x_vjp = jax.vjp(lambda x: input_form(x, kernel, strides, pads, precision), x)
+  if lowering.weight_grad == PATCHES:
+    patches = patch_matrix(x, kernel.shape[:-2], strides, pads)
+    flat = patches.reshape(-1, patches.shape[-1])
+    kernel_grad = jnp.dot(flat.T, g.reshape(-1, g.shape[-1]), precision=precision)
+    kernel_grad = kernel_grad.reshape(kernel.shape).astype(kernel.dtype)
+  else:
+    _, k_vjp = jax.vjp(lambda k: _native(x, k, strides, pads, precision), kernel)
+    (kernel_grad,) = k_vjp(g)
+  return x_vjp(g)[0], kernel_grad
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _tuple(value, n: int) -> tuple[int, ...]:
+  if value is None:
+    value = 1
+  return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+class Conv(nn.Conv):
+  """nn.Conv (same fields, parameters and outputs) with its lowering chosen per backend/shape.
+
+  `lowering`: "auto" (native on GPU/TPU; on CPU per product by `cpu_lowering`), "native" or
+  "patches". The choice is made at trace time from static shapes, so it costs nothing per step.
+  """
+  lowering: str = "auto"
+
+  def _patch_form_applies(self) -> bool:
+    n = 1 if isinstance(self.kernel_size, int) else len(self.kernel_size)
+    padding = canonicalize_padding(self.padding, n)
+    return (self.shared_weights and self.feature_group_count == 1 and self.mask is None
+            and set(_tuple(self.input_dilation, n)) == {1}
+            and set(_tuple(self.kernel_dilation, n)) == {1}
+            and self.conv_general_dilated is None and self.conv_general_dilated_cls is None
+            and not (isinstance(padding, str) and padding not in ("SAME", "VALID")))
+
+  @nn.compact
+  def __call__(self, inputs):
+    if not self._patch_form_applies():
+      return super().__call__(inputs)
+    kernel_size = (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+    n = len(kernel_size)
+    strides = _tuple(self.strides, n)
+    batch_shape = inputs.shape[:inputs.ndim - n - 1]
+    x = inputs.reshape((-1,) + inputs.shape[inputs.ndim - n - 1:])
+    spatial = x.shape[1:-1]
+    padding = canonicalize_padding(self.padding, n)
+    pads = (jax.lax.padtype_to_pads(spatial, kernel_size, strides, padding)
+            if isinstance(padding, str) else padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    out_spatial = [(s + lo + hi - k) // st + 1
+                   for s, (lo, hi), k, st in zip(spatial, pads, kernel_size, strides)]
+    kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = self.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    lowering = choose_lowering(self.lowering, jax.default_backend(), spatial, out_spatial,
+                               x.shape[-1])
+    if lowering.all_native:
+      y = _native(x, kernel, strides, pads, self.precision)
+    else:
+      y = conv(x, kernel, strides, pads, lowering, self.precision)
+    if bias is not None:
+      y = y + bias
+    return y.reshape(batch_shape + y.shape[1:])
+
+
+# The same parameters and outputs as nn.Conv: ghost clipping treats it as one.
+ghost.register_conv_type(Conv)
