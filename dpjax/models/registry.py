@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpjax.models import alexnet, cnn, resnet, vgg
+from dpjax.models import alexnet, cnn, resnet, scattering, vgg
 from dpjax.models.weights import load_params, save_params  # pylint: disable=unused-import
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -20,6 +20,9 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "vgg16": vgg.VGG16,
     "resnet18": resnet.ResNet18,
     "alexnet": alexnet.AlexNet,
+    # heads on precomputed scattering features (dpjax.models.scattering.scattering_features)
+    "scatter_linear": scattering.ScatterLinear,
+    "scatter_cnn": scattering.ScatterCNN,
 }
 
 
