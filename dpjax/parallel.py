@@ -4,15 +4,18 @@ The batch axis is sharded over a one-axis mesh ("batch"); parameters, optimizer 
 noise key are replicated. The DP step itself takes the mesh as a parameter (`dpjax.train`): this
 module only builds meshes and places data, so it imports nothing else from dpjax.
 
-Multi-host: start one process per host with `jax.distributed.initialize(...)` before any other
-JAX call; `data_mesh()` then spans every device of every host and each process passes only its
-own share of the global padded batch to `shard_batch` (`jax.make_array_from_process_local_data`).
-A process that passed the whole global batch would count every example once per host, and the
-sensitivity would be the clip norm times the number of hosts: `shard_batch` refuses it.
+Multi-host: start one process per host and call `initialize_distributed()` (or
+`jax.distributed.initialize(...)`) before any other JAX call; `data_mesh()` then spans every
+device of every host and each process passes only its own share of the global padded batch to
+`shard_batch` (`jax.make_array_from_process_local_data`). A process that passed the whole global
+batch would count every example once per host, and the sensitivity would be the clip norm times
+the number of hosts: `shard_batch` refuses it. The engine does all of this by itself whenever
+`jax.process_count() > 1`.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import jax
@@ -21,6 +24,33 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PyTree = Any
 BATCH_AXIS = "batch"
+# A multi-process run launched by hand: each process gets these two (and
+# JAX_COORDINATOR_ADDRESS=host:port, which JAX reads itself).
+NUM_PROCESSES_ENV, PROCESS_ID_ENV = "DPJAX_NUM_PROCESSES", "DPJAX_PROCESS_ID"
+
+
+def initialize_distributed() -> bool:
+  """Joins a multi-process run when the environment describes one; returns whether it did.
+
+  Call it before any other JAX call. Recognised: by hand, `DPJAX_NUM_PROCESSES` > 1 with
+  `DPJAX_PROCESS_ID` and `JAX_COORDINATOR_ADDRESS=host:port` (process 0's host); under SLURM
+  (`srun` with more than one task), what `jax.distributed.initialize()` detects itself. On CPU the
+  collectives go through gloo (JAX 0.10 has no other CPU implementation across processes).
+  """
+  by_hand = int(os.environ.get(NUM_PROCESSES_ENV, "1")) > 1
+  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
+  if not (by_hand or slurm):
+    return False
+  if by_hand and (PROCESS_ID_ENV not in os.environ or "JAX_COORDINATOR_ADDRESS" not in os.environ):
+    raise ValueError(f"{NUM_PROCESSES_ENV} is set: also set {PROCESS_ID_ENV} (0, 1, ...) and "
+                     "JAX_COORDINATOR_ADDRESS=host:port (process 0's host) on every process.")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if by_hand:
+    jax.distributed.initialize(num_processes=int(os.environ[NUM_PROCESSES_ENV]),
+                               process_id=int(os.environ[PROCESS_ID_ENV]))
+  else:
+    jax.distributed.initialize()
+  return True
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -165,8 +165,8 @@ def write_privacy_report(workdir: str, releases: Sequence[dict],
 def markdown(report: dict) -> str:
   unit_line = f"Unit of privacy: one {report['unit']}; adjacency: {report['adjacency']}."
   if report["unit"] == "person":
-    unit_line = ("The guarantee is **per person**: " + unit_line + " Epsilon bounds what the "
-                 "outputs reveal about any one person, however many records they have.")
+    unit_line = ("The guarantee is **per person**: epsilon bounds what the outputs reveal about "
+                 "any one person, however many records they have. " + unit_line)
   lines = ["# Privacy report", "", unit_line, "",
            f"Secret randomness: {report['source']}."]
   if "condition" in report:

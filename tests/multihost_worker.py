@@ -1,9 +1,9 @@
 """One process of the two-process test (`test_multihost.py`): a tiny DP-SGD run on the engine.
 
-  python tests/multihost_worker.py --process_id=0 --num_processes=2 --port=PORT --workdir=DIR \
-      --out=FILE [--kill_at_step=N]
+  DPJAX_NUM_PROCESSES=2 DPJAX_PROCESS_ID=0 JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT \
+      python tests/multihost_worker.py --workdir=DIR --out=FILE [--kill_at_step=N]
 
-With `--num_processes=1` it is the one-process reference (no `jax.distributed`). The data and
+Without DPJAX_NUM_PROCESSES it is the one-process reference (no `jax.distributed`). The data and
 initial parameters are public (fixed NumPy seed); the private randomness is a secret seed, so
 that both runs draw the same batches and noise and can be compared to float tolerance.
 """
@@ -15,22 +15,18 @@ import signal
 
 import jax
 
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from dpjax import parallel
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--process_id", type=int, default=0)
-parser.add_argument("--num_processes", type=int, default=1)
-parser.add_argument("--port", type=int, default=0)
 parser.add_argument("--workdir", required=True)
 parser.add_argument("--out", required=True)
 parser.add_argument("--steps", type=int, default=6)
 parser.add_argument("--kill_at_step", type=int, default=0)
 args = parser.parse_args()
 
-if args.num_processes > 1:
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
-                             num_processes=args.num_processes, process_id=args.process_id,
-                             initialization_timeout=60)
+# As every study's main does: joins the run that DPJAX_NUM_PROCESSES, DPJAX_PROCESS_ID and
+# JAX_COORDINATOR_ADDRESS describe (the test sets them), or stays one process.
+parallel.initialize_distributed()
 
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top

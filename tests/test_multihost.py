@@ -25,9 +25,10 @@ def _free_port() -> int:
 
 
 def _start(process_id, num_processes, port, workdir, out, **extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=str(ROOT))
-  command = [sys.executable, str(WORKER), f"--process_id={process_id}",
-             f"--num_processes={num_processes}", f"--port={port}", f"--workdir={workdir}",
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=str(ROOT),
+             DPJAX_NUM_PROCESSES=str(num_processes), DPJAX_PROCESS_ID=str(process_id),
+             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}")
+  command = [sys.executable, str(WORKER), f"--workdir={workdir}",
              f"--out={out}"] + [f"--{k}={v}" for k, v in extra.items()]
   return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
@@ -100,3 +101,13 @@ def test_killing_one_process_and_restarting_both_resumes_with_the_ledger(referen
   logged = [json.loads(line)["step"] for line in
             (killed_and_resumed["workdir"] / "progress.jsonl").read_text().splitlines()]
   assert 2 in logged and logged[-4:] == [3, 4, 5, 6]  # one log, by process 0, across the kill
+
+
+def test_initialize_distributed_reads_the_environment(monkeypatch):
+  from dpjax import parallel
+  for name in ("DPJAX_NUM_PROCESSES", "DPJAX_PROCESS_ID", "SLURM_NTASKS", "SLURM_JOB_ID"):
+    monkeypatch.delenv(name, raising=False)
+  assert parallel.initialize_distributed() is False  # one process: nothing to join
+  monkeypatch.setenv("DPJAX_NUM_PROCESSES", "2")
+  with pytest.raises(ValueError, match="DPJAX_PROCESS_ID"):
+    parallel.initialize_distributed()

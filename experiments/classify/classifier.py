@@ -44,6 +44,7 @@ from dpjax import randomness as randomness_lib
 from dpjax import report
 from dpjax import sampling
 from dpjax import train
+from dpjax import user_level
 from dpjax.data import images as images_lib
 from dpjax.models import registry
 from experiments.classify import ldp
@@ -114,6 +115,10 @@ class ClassifierConfig:
   microbatch_size: int | None = None
   per_example: str = "auto"  # ghost norms where the model allows (tested equal to vmap)
   data_parallel: bool = False  # shard batches over all local devices (on CPU: dpjax.devices)
+  # > 0: privacy per person (dpjax.user_level): Poisson over the persons named by the data
+  # (Kermany file names, an npz train_ids), at most this many records per person per step, the
+  # mean of a person's gradients clipped once; epsilon is per person. 0: per record.
+  records_per_person: int = 0
 
   def __post_init__(self):
     _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -152,6 +157,11 @@ class ClassifierConfig:
       _bad("decay_rate", self.decay_rate, "must be in (0, 1].")
     if not 0 < self.delta < 1:
       _bad("delta", self.delta, "must be in (0, 1), e.g. 1e-5 (below 1 / training-set size).")
+    if self.records_per_person < 0:
+      _bad("records_per_person", self.records_per_person, "must be >= 0 (0: per-record DP).")
+    if self.records_per_person and (self.ldp_scale > 0 or self.sampling != "poisson"):
+      _bad("records_per_person", self.records_per_person, "per-person DP runs DP-SGD with "
+           "Poisson sampling: set ldp_scale=0 and sampling='poisson' (or records_per_person=0).")
 
   @property
   def is_private(self) -> bool:
@@ -383,7 +393,8 @@ def make_optimizer(config: ClassifierConfig) -> optax.GradientTransformation:
 
 def load_dataset(config: ClassifierConfig) -> images_lib.ImageDataset:
   return images_lib.load_image_dataset(config.dataset, config.data_dir, resize=config.resize,
-                                       max_per_class=config.max_per_class, seed=config.seed)
+                                       max_per_class=config.max_per_class, seed=config.seed,
+                                       person_ids=config.records_per_person > 0)
 
 
 def _init_key(seed: int) -> jax.Array:
@@ -450,9 +461,10 @@ def resolve_noise_multiplier(config: ClassifierConfig, sampler: sampling.BatchSa
 
 
 def _clipping_config(config: ClassifierConfig) -> clipping.ClippingConfig:
-  return clipping.ClippingConfig(
+  clip = clipping.ClippingConfig(
       clip_norm=config.clip_norm, norm="l1" if config.mechanism == "laplace" else "l2",
       microbatch_size=config.microbatch_size, method=config.per_example)
+  return user_level.clipping_config(clip) if config.records_per_person else clip
 
 
 def initial_params(config: ClassifierConfig, model: nn.Module, image_shape) -> PyTree:
@@ -463,8 +475,15 @@ def initial_params(config: ClassifierConfig, model: nn.Module, image_shape) -> P
   return params
 
 
-def make_sampler(config: ClassifierConfig, train_size: int) -> sampling.BatchSampler:
-  """The run's batch sampler (no seed: the engine draws the batches from secret randomness)."""
+def make_sampler(config: ClassifierConfig, train_size: int,
+                 train_ids: np.ndarray | None = None) -> sampling.BatchSampler:
+  """The run's batch sampler (no seed: the engine draws the batches from secret randomness);
+  with `records_per_person`, over the persons of `train_ids`."""
+  if config.records_per_person:
+    persons = len(np.unique(train_ids))
+    return user_level.PersonSampler(
+        train_ids, min(config.batch_size, persons), config.records_per_person,
+        multiple_of=jax.local_device_count() if config.data_parallel else 1)
   return sampling.BatchSampler(train_size, min(config.batch_size, train_size), config.sampling,
                                multiple_of=jax.local_device_count() if config.data_parallel else 1)
 
@@ -546,7 +565,7 @@ def train_classifier(config: ClassifierConfig, workdir: str | None = None,
   params = initial_params(config, model, dataset.image_shape)
   num_params = registry.count_params(params)
 
-  sampler = make_sampler(config, len(dataset.train_labels))
+  sampler = make_sampler(config, len(dataset.train_labels), dataset.train_ids)
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = num_steps(config, sampler)
 
@@ -573,7 +592,10 @@ def train_classifier(config: ClassifierConfig, workdir: str | None = None,
   train_eval = _train_eval_fn(config, model, dataset)
   train_log: list[dict] = []
   start = time.perf_counter()
-  result = engine.train(example_loss(model), params, make_optimizer(config), data,
+  loss_fn = example_loss(model)
+  if config.records_per_person:
+    loss_fn = user_level.person_loss(loss_fn)
+  result = engine.train(loss_fn, params, make_optimizer(config), data,
                         sampler=sampler, dp=dp, loop=loop, randomness=randomness, stream=stream,
                         eval_fn=_with_private_side(test_eval, train_eval, train_log),
                         run_config=run_config)

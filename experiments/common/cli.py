@@ -18,6 +18,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dpjax import parallel
+
 
 def run(study: str, train_and_evaluate: Callable, default_config: str,
         summarize: Callable[[dict], str] | None = None) -> None:
@@ -39,6 +41,8 @@ def run(study: str, train_and_evaluate: Callable, default_config: str,
     workdir = flags.FLAGS.workdir
     if not workdir:
       raise app.UsageError("--workdir is required.")
+    # One process per host of a multi-host run (SLURM, or DPJAX_NUM_PROCESSES): join it first.
+    parallel.initialize_distributed()
     try:
       results = train_and_evaluate(config_flag.value, workdir)
     except (ValueError, FileNotFoundError) as error:
