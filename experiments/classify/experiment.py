@@ -20,6 +20,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from dpjax import devices
@@ -28,6 +29,7 @@ from dpjax.data import images as images_lib
 from experiments.classify import classifier
 from experiments.classify import plots
 from experiments.classify import sweep as sweep_lib
+from experiments.classify import transfer
 from experiments.common import outputs
 
 PRIVATE_CONFIG = "run_config.json"
@@ -77,7 +79,15 @@ def run_one(name: str, config: classifier.ClassifierConfig, folder: str,
   outputs.write_json(os.path.join(report.private_dir(folder), PRIVATE_CONFIG), config.to_dict())
   result = classifier.train_classifier(config, workdir=folder, dataset=dataset,
                                        stream=f"arm {name}")
+  probabilities = transfer.probabilities(result, dataset.test_images)
+  test_metrics = transfer.classification_metrics(dataset.test_labels, probabilities)
+  collapse = transfer.collapse_warning(
+      np.bincount(probabilities.argmax(1), minlength=dataset.num_classes), "test")
+  if collapse:
+    logging.warning("%s: %s", name, collapse)
   row = {"run": name, **result.to_dict(), "config": config.public_dict(),
+         **{f"test_{k}": v for k, v in test_metrics.items() if k != "accuracy"},
+         "collapse": collapse,
          "history": outputs.json_safe(result.history),
          "release": result.release(name, []), "not_covered": result.not_covered()}
   outputs.write_json(os.path.join(folder, "result.json"), row)
@@ -110,15 +120,25 @@ def markdown(rows: list[dict]) -> str:
         "LDP eps/pixel": _or_dash(row.get("ldp_epsilon_per_pixel")),
         "LDP eps/image": _or_dash(row.get("ldp_epsilon_per_image")),
         "LDP labels": labels, "epochs": f"{row['epochs']:.3g}",
-        "test acc": f"{row['test_accuracy']:.4f}", "examples/s": f"{row['examples_per_sec']:.0f}"})
+        "test acc": f"{row['test_accuracy']:.4f}",
+        **{label: _or_dash(row.get(f"test_{key}"), ".4f") for key, label in _MEDICAL},
+        "examples/s": f"{row['examples_per_sec']:.0f}"})
   parts.append(outputs.markdown_table(details))
+  collapsed = [f"- **{row['run']}**: {row['collapse']}" for row in rows if row.get("collapse")]
+  if collapsed:
+    parts.append("**Collapsed to one class** (a constant classifier, whatever its accuracy):\n\n"
+                 + "\n".join(collapsed) + "\n")
   parts.append("Training accuracy and loss are private diagnostics (runs/*/private/); the "
                "guarantees and what they do not cover: privacy_report.md.\n")
   return "\n".join(parts)
 
 
-def _or_dash(value) -> str:
-  return "-" if value is None else f"{value:g}"
+_MEDICAL = (("balanced_accuracy", "balanced acc"), ("roc_auc", "ROC AUC"),
+            ("sensitivity", "sensitivity"), ("specificity", "specificity"))
+
+
+def _or_dash(value, spec: str = "g") -> str:
+  return "-" if value is None else format(value, spec)
 
 
 def not_covered(sweep: sweep_lib.SweepConfig, rows: list[dict]) -> list[str]:
