@@ -209,3 +209,21 @@ def test_loaders_read_person_ids(tmp_path):
     images.load_image_dataset(f"npz:{tmp_path / 'plain.npz'}", person_ids=True)
   np.savez(tmp_path / "ids.npz", train_ids=np.array([7, 7, 8]), **arrays)
   assert images.load_image_dataset(f"npz:{tmp_path / 'ids.npz'}").train_ids.tolist() == [7, 7, 8]
+
+
+@pytest.mark.slow
+def test_classifier_trains_per_person_from_npz_ids(tmp_path):
+  from experiments.classify import classifier
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "persons.npz", train_images=rng.integers(0, 255, (24, 8, 8), np.uint8),
+           train_labels=np.arange(24) % 2, train_ids=np.repeat(np.arange(8), 3),
+           test_images=rng.integers(0, 255, (6, 8, 8), np.uint8), test_labels=np.arange(6) % 2)
+  config = classifier.ClassifierConfig(dataset=f"npz:{tmp_path / 'persons.npz'}", steps=2,
+                                       model="linear", eval_every=2,
+                                       batch_size=4, records_per_person=2, delta=1e-3,
+                                       log_every=1)
+  result = classifier.train_classifier(config, str(tmp_path / "run"))
+  assert result.ledger.current.unit == "person" and result.ledger.current.dataset_size == 8
+  assert result.release("model", [])["unit"] == "person"
+  with pytest.raises(ValueError, match="records_per_person"):
+    classifier.ClassifierConfig(records_per_person=2, ldp_scale=0.5)
