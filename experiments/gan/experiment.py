@@ -12,6 +12,14 @@ A-D (median trajectories of the first feature, real vs synthetic) and privacy_re
       --config.prefix=1_0.0001_2e-05_
   python -m experiments.gan --config=experiments/gan/configs/benchmark.py --workdir=runs/gan_bench
 
+With --config.merf=true (quick.py and the real-trial configs) it also trains DP-MERF
+(`merf.py`: one Gaussian release of a class-conditional random-feature mean embedding, then a
+generator fit to that release alone), scored the same way. Every table row carries, besides
+TSTR, the fidelity to the TEST participants: worst-visit median and interquartile-range error
+of the first feature per arm (original units, mmHg for SPRINT) and the visit-to-visit
+correlation error. --config.mode=sweep runs all of it once per epsilon of
+--config.sweep_epsilons, each in epsilon_<e>/, with sweep.md across them.
+
 What is released and what is not (privacy_report.md says it per file):
   * the private GAN's synthetic participants (`dp_gan/synthetic/`), their TSTR scores, their
     curves in Figure 2: covered by the run's epsilon (every intermediate generator is
@@ -91,7 +99,10 @@ def networks(config: settings.Config, data: trials.TrialData):
   generator = models.Generator(features=num_features, visits=num_visits,
                                coarse_channels=config.generator_coarse_channels,
                                conv_channels=config.generator_conv_channels)
-  discriminator = models.Discriminator(dense_width=config.discriminator_width)
+  if config.discriminator_kind == "mlp":
+    discriminator = models.MlpDiscriminator(dense_width=config.discriminator_width)
+  else:
+    discriminator = models.Discriminator(dense_width=config.discriminator_width)
   return generator, discriminator
 
 
@@ -465,12 +476,12 @@ def _train_and_evaluate(config: settings.Config, workdir: str) -> tuple[dict, li
   variants = ([VARIANT_PRIVATE] if config.private else []) + (
       [VARIANT_NONPRIVATE] if config.nonprivate_baseline else [])
   runs = {}
-  if config.merf:
-    runs[VARIANT_MERF] = _train_merf(config, splits, workdir, randomness)
-    results["variants"][VARIANT_MERF] = runs[VARIANT_MERF].public
   for name in variants:
     runs[name] = _train_variant(name, config, splits, workdir, randomness)
     results["variants"][name] = runs[name].public
+  if config.merf:
+    runs[VARIANT_MERF] = _train_merf(config, splits, workdir, randomness)
+    results["variants"][VARIANT_MERF] = runs[VARIANT_MERF].public
   for name in (VARIANT_PRIVATE, VARIANT_MERF):
     if name in results["variants"] and "epsilon" not in results:
       results["epsilon"] = results["variants"][name]["epsilon"]
@@ -582,10 +593,11 @@ def write_report(config: settings.Config, data: trials.TrialData, workdir: str,
                  "random one (e.g. python -c 'import secrets; print(secrets.randbits(63))')")
   if config.merf:
     notes.append("DP-MERF reads the training participants once: the sum of each one's "
-                 "contribution [e_arm (x) phi(x), e_arm] (norm <= sqrt(2) for every x in [0, 1], "
-                 "the public scaling) plus Gaussian noise of standard deviation noise_multiplier "
-                 "x sqrt(2): one GaussianDpEvent under add/remove-one adjacency (replace-one "
-                 "would need sensitivity 2). Its generator, synthetic participants, scores and "
+                 "contribution [e_arm (x) phi(x), count_weight e_arm] (norm <= sqrt(1 + "
+                 "count_weight^2) for every x in [0, 1], the public scaling) plus Gaussian noise "
+                 "of standard deviation noise_multiplier x that bound: one GaussianDpEvent under "
+                 "add/remove-one adjacency (replace-one would need the larger sensitivity "
+                 "max(2, sqrt(2) x bound)). Its generator, synthetic participants, scores and "
                  "curves are post-processing of that release; its random frequencies come "
                  "from the public seed")
   report.write_privacy_report(workdir, releases, randomness,

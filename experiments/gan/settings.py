@@ -20,6 +20,7 @@ from experiments.common import configs
 from experiments.gan import merf
 
 MODES = ("train", "benchmark", "sweep")
+DISCRIMINATOR_KINDS = ("conv", "mlp")
 SWEEP_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 
 
@@ -53,15 +54,19 @@ class Config:
     eval_every: TSTR evaluation every this many epochs (and always at the last).
     num_synthetic: synthetic participants per evaluation (None: as many as training ones).
     generator_conv_channels / discriminator_width: the study's 256 / 1024; narrower for speed.
+    discriminator_kind: "conv" (the study's) or "mlp" (`models.MlpDiscriminator`: two dense
+      layers of `discriminator_width` on the flat grid, far fewer parameters for the DP noise).
     dropout: the discriminator's dropout (0.3) in training.
     rf_trees: trees of the random forests.
     top_k: how many best epochs per classifier Figure 2D pools.
     microbatch_size: clip this many pairs at a time (see the README's throughput section).
     merf: also train DP-MERF (`merf.py`): a private generator fit to a random-feature mean
       embedding released once, at `target_epsilon` (or `noise_multiplier`) and `delta`.
-    merf_frequencies, merf_lengthscale, merf_linear_weight, merf_generator_width, merf_steps,
-      merf_batch_size, merf_learning_rate: DP-MERF's feature map and generator fit
-      (`merf.MerfConfig`); the length scale is a public constant in the scaled [0, 1] units.
+    merf_frequencies, merf_lengthscale, merf_linear_weight, merf_count_weight,
+      merf_generator_width, merf_steps, merf_batch_size, merf_learning_rate: DP-MERF's feature
+      map, sensitivity (sqrt(1 + merf_count_weight^2)) and generator fit (`merf.MerfConfig`);
+      the length scale is a public constant in the scaled [0, 1] units. Chosen on the
+      simulator (public), never on a real trial.
     sweep_epsilons: the epsilons of mode="sweep" (inf: no noise, the non-private reference).
     reproducible_private_randomness: derive batches and noise from `seed` (then a secret, kept
       out of config.json and results.json) instead of the OS CSPRNG; to debug or rerun bit for
@@ -92,6 +97,7 @@ class Config:
   generator_conv_channels: int = 256
   generator_coarse_channels: int = 32
   discriminator_width: int = 1024
+  discriminator_kind: str = "conv"
   dropout: bool = True
   rf_trees: int = 100
   top_k: int = 5
@@ -102,6 +108,7 @@ class Config:
   merf_frequencies: int = 500
   merf_lengthscale: float = 0.5
   merf_linear_weight: float = 0.5
+  merf_count_weight: float = 0.3
   merf_generator_width: int = 128
   merf_steps: int = 2000
   merf_batch_size: int = 256
@@ -161,6 +168,9 @@ class Config:
     if not 0 < self.delta < 1:
       raise ValueError(f"--config.delta={self.delta} must be in (0, 1), well below 1 / the "
                        "number of training participants (e.g. 1e-5).")
+    if self.discriminator_kind not in DISCRIMINATOR_KINDS:
+      raise ValueError(f"--config.discriminator_kind={self.discriminator_kind!r} is unknown; use "
+                       f"one of {DISCRIMINATOR_KINDS}.")
     if self.accountant not in accounting.ACCOUNTANTS:
       raise ValueError(f"--config.accountant={self.accountant!r} is unknown; use one of "
                        f"{accounting.ACCOUNTANTS}.")
@@ -170,7 +180,8 @@ class Config:
     """DP-MERF's settings (`merf.MerfConfig`) at this noise multiplier."""
     return merf.MerfConfig(
         num_frequencies=self.merf_frequencies, lengthscale=self.merf_lengthscale,
-        linear_weight=self.merf_linear_weight, noise_multiplier=noise_multiplier,
+        linear_weight=self.merf_linear_weight, count_weight=self.merf_count_weight,
+        noise_multiplier=noise_multiplier,
         generator_width=self.merf_generator_width, steps=self.merf_steps,
         batch_size=self.merf_batch_size, learning_rate=self.merf_learning_rate)
 

@@ -67,9 +67,12 @@ def test_results_hold_finite_scores_and_best_epochs_are_chosen_on_validation(run
   assert (results["num_train"] + results["num_validation"] + results["num_test"]
           == config.num_participants)
   _check_scores(results["trtr"]["test"])
-  assert set(results["variants"]) == {"private", "nonprivate"}
+  assert set(results["variants"]) == {"private", "nonprivate", "merf"}
   steps_per_epoch = results["num_train"] // config.batch_size
-  for variant in results["variants"].values():
+  for name, variant in results["variants"].items():
+    if name == "merf":
+      _check_scores(variant["final"])
+      continue
     for which in ("final", "best_lr", "best_rf"):
       _check_scores(variant[which])
       _check_scores(variant[which]["validation"])
@@ -109,7 +112,7 @@ def test_trajectories_plots_and_tables(run):
     real = results["real_trajectories"][arm]
     assert len(real) == 12 and all(80 <= v <= 233 for v in real)  # SBP in mmHg
     for variant in results["variants"].values():
-      for panel in ("final", "best_lr", "best_rf", "top_k"):
+      for panel in variant["trajectories"]:
         values = variant["trajectories"][panel][arm]
         assert len(values) == 12 and all(0 <= v <= 233 for v in values)
   assert len(results["plots"]) == 4
@@ -153,7 +156,10 @@ def test_privacy_report_names_the_released_files(run):
   with open(os.path.join(workdir, "privacy_report.json")) as f:
     privacy = json.load(f)
   assert privacy["unit"] == "participant" and privacy["secure_randomness"] is True
-  private, nonprivate, trtr = privacy["releases"]
+  private, nonprivate, merf_release, trtr = privacy["releases"]
+  assert merf_release["epsilon"] == pytest.approx(results["variants"]["merf"]["epsilon"])
+  # Both private generators are released: the report composes them.
+  assert privacy["epsilon_all_releases_together"] > private["epsilon"]
   assert private["epsilon"] == pytest.approx(results["epsilon"])
   synthetic = results["variants"]["private"]["synthetic_files"]
   assert len(synthetic) == config.epochs
@@ -211,7 +217,7 @@ def test_bad_settings_name_the_config_field():
   with pytest.raises(ValueError, match="--config.learning_rate"):
     settings.Config(learning_rate=-1.0)
   with pytest.raises(ValueError, match="--config.mode"):
-    settings.Config(mode="sweep")
+    settings.Config(mode="sweeps")
   with pytest.raises(ValueError, match=r"unknown config field\(s\) \['lr'\]; valid fields"):
     settings.make_config({**quick.get_config().to_dict(), "lr": 2e-4})
   config = quick.get_config()

@@ -5,8 +5,10 @@
 1000 simulated SPRINT-like participants (800 train / 100 validation / 100 test), 20 epochs at
 expected batch 32 (500 discriminator steps), Adam 2e-4, clip norm 1e-4, the noise calibrated to
 epsilon 2 at delta 1e-5, generator conv width 64 and discriminator width 64 (the study: 256 /
-1024), TSTR every 4 epochs on 1000 synthetic participants; plus the same GAN without privacy
-and the TRTR classifiers. `:tiny` is 80 participants, 2 epochs and tiny networks (what the
+1024), TSTR every 4 epochs on 1000 synthetic participants; plus DP-MERF at the same epsilon (its own
+release: merf.py), the same GAN without privacy and the TRTR classifiers. DP-MERF alone (about
+a minute): --config.private=false --config.nonprivate_baseline=false; the epsilon sweep:
+--config.mode=sweep. `:tiny` is 80 participants, 2 epochs and tiny networks (what the
 tests run, seconds).
 """
 
