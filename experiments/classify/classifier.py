@@ -115,6 +115,9 @@ class ClassifierConfig:
   microbatch_size: int | None = None
   per_example: str = "auto"  # ghost norms where the model allows (tested equal to vmap)
   data_parallel: bool = False  # shard batches over all local devices (on CPU: dpjax.devices)
+  # Loss weight per class (e.g. inverse class frequencies from a noisy histogram or a public
+  # prior); applied to each example's loss before clipping, so the clipping bound is unchanged.
+  class_weights: tuple[float, ...] | None = None
   # > 0: privacy per person (dpjax.user_level): Poisson over the persons named by the data
   # (Kermany file names, an npz train_ids), at most this many records per person per step, the
   # mean of a person's gradients clipped once; epsilon is per person. 0: per record.
@@ -157,6 +160,9 @@ class ClassifierConfig:
       _bad("decay_rate", self.decay_rate, "must be in (0, 1].")
     if not 0 < self.delta < 1:
       _bad("delta", self.delta, "must be in (0, 1), e.g. 1e-5 (below 1 / training-set size).")
+    if self.class_weights is not None and (not self.class_weights
+                                           or min(self.class_weights) < 0):
+      _bad("class_weights", self.class_weights, "needs one weight >= 0 per class (or None).")
     if self.records_per_person < 0:
       _bad("records_per_person", self.records_per_person, "must be >= 0 (0: per-record DP).")
     if self.records_per_person and (self.ldp_scale > 0 or self.sampling != "poisson"):
@@ -299,11 +305,15 @@ def privacy_release(name: str, files: list[str], config: ClassifierConfig,
 # ------------------------------------------------------------------------------ loss, evaluation
 
 
-def example_loss(model: nn.Module):
-  """`loss(params, example) -> scalar` for one {"image", "label"} example (no batch axis)."""
+def example_loss(model: nn.Module, class_weights: tuple[float, ...] | None = None):
+  """`loss(params, example) -> scalar` for one {"image", "label"} example (no batch axis),
+  times `class_weights[label]` when given."""
+  weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+
   def loss_fn(params, example):
     logits = model.apply({"params": params}, example["image"][None])[0]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, example["label"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, example["label"])
+    return loss if weights is None else weights[example["label"]] * loss
   return loss_fn
 
 
@@ -561,6 +571,9 @@ def train_classifier(config: ClassifierConfig, workdir: str | None = None,
   dataset, ldp_epsilon = apply_local_dp(config, dataset, randomness=randomness, stream=stream,
                                         workdir=workdir)
 
+  if config.class_weights is not None and len(config.class_weights) != dataset.num_classes:
+    _bad("class_weights", config.class_weights, f"needs {dataset.num_classes} weights, one "
+         f"per class of {dataset.name}.")
   model = registry.build_model(config.model, dataset.num_classes, **dict(config.model_kwargs))
   params = initial_params(config, model, dataset.image_shape)
   num_params = registry.count_params(params)
@@ -592,7 +605,7 @@ def train_classifier(config: ClassifierConfig, workdir: str | None = None,
   train_eval = _train_eval_fn(config, model, dataset)
   train_log: list[dict] = []
   start = time.perf_counter()
-  loss_fn = example_loss(model)
+  loss_fn = example_loss(model, config.class_weights)
   if config.records_per_person:
     loss_fn = user_level.person_loss(loss_fn)
   result = engine.train(loss_fn, params, make_optimizer(config), data,

@@ -187,6 +187,12 @@ def exact_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: int) 
   return np.concatenate([correct, predicted]).astype(np.float64)
 
 
+def inverse_frequency_weights(noisy_class_sizes: np.ndarray, floor: float = 1.0) -> tuple:
+  """mean / count per class from noisy counts (floored at `floor`), post-processing only."""
+  sizes = np.maximum(np.asarray(noisy_class_sizes, np.float64), floor)
+  return tuple(float(w) for w in sizes.mean() / sizes)
+
+
 def noisy_score(noisy_counts: np.ndarray, noisy_class_sizes: np.ndarray) -> float:
   """Balanced accuracy estimated from noisy counts (post-processing of DP outputs)."""
   k = len(noisy_class_sizes)
@@ -217,6 +223,10 @@ class TransferConfig:
   shape: float = 1.0  # geometric number of trials
   score_noise: float = 4.0  # std of the noise on each validation count (per trial)
   histogram_noise: float = 4.0  # std of the noise on the validation class histogram (once)
+  # "noisy_histogram": weight each class's loss by mean / count from the noisy validation class
+  # histogram (already released and counted; the validation split has the training split's
+  # class balance up to sampling); "none": unweighted.
+  class_weighting: str = "none"
   non_private: bool = True  # also the non-private reference (best of the grid on exact val)
   non_private_learning_rates: tuple[float, ...] = (1e-3, 3e-3)  # Adam, no clipping
   reproducible_private_randomness: bool = False
@@ -224,6 +234,9 @@ class TransferConfig:
   def __post_init__(self):
     if not self.target_epsilon > 0:
       raise ValueError(f"--config.target_epsilon={self.target_epsilon!r} must be > 0.")
+    if self.class_weighting not in ("none", "noisy_histogram"):
+      raise ValueError(f"--config.class_weighting={self.class_weighting!r} is unknown; valid: "
+                       "none, noisy_histogram")
     for name in ("learning_rates", "clip_norms", "steps_grid", "non_private_learning_rates"):
       if not getattr(self, name) or min(getattr(self, name)) <= 0:
         raise ValueError(f"--config.{name}={getattr(self, name)!r} needs at least one value, "
@@ -285,6 +298,8 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
   rng = randomness.numpy_rng("tune", "draws")
   class_sizes = np.bincount(dataset.val_labels, minlength=num_classes).astype(np.float64)
   noisy_sizes = class_sizes + rng.normal(0.0, config.histogram_noise, num_classes)
+  weights = (inverse_frequency_weights(noisy_sizes)
+             if config.class_weighting == "noisy_histogram" else None)
   num_trials = tuning.draw_num_trials(rng, config.mean_trials, config.shape)
   candidates = config.candidates()
   # The trials never see the test split: the engine's per-run evaluation (logged to the console,
@@ -294,7 +309,8 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
   best, log = None, []
   for index in range(num_trials):
     recipe = candidates[int(rng.integers(len(candidates)))]
-    run_config = recipe.classifier_config(config.model, sigma, config.seed, delta=config.delta)
+    run_config = recipe.classifier_config(config.model, sigma, config.seed, delta=config.delta,
+                                          class_weights=weights)
     try:
       result = classifier.train_classifier(run_config, dataset=trial_data, randomness=randomness,
                                            stream=f"tune trial {index}")
@@ -327,7 +343,7 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
       "sampling_rate": phase.sampling_probability, "expected_batch": phase.batch_size,
       "selected": dataclasses.asdict(best["recipe"]),
       "selected_noisy_val_balanced_accuracy": best["score"],
-      "noisy_val_class_histogram": noisy_sizes.tolist(),
+      "noisy_val_class_histogram": noisy_sizes.tolist(), "class_weights": weights,
       "selection": cost.to_dict(), "collapse": warnings,
       "train_size": train_size, "val_size": len(dataset.val_labels),
   }

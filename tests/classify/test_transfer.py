@@ -144,3 +144,24 @@ def test_tiny_run_end_to_end_releases_only_dp_outputs(tmp_path):
   assert report["releases"][0]["epsilon"] == pytest.approx(dp_row["epsilon"])
   assert "Papernot" in report["releases"][0]["selection"]["theorem"]
   assert os.path.exists(tmp_path / "run" / "privacy_report.md")
+
+
+def test_inverse_frequency_weights_from_noisy_counts():
+  assert transfer.inverse_frequency_weights(np.array([30.0, 10.0])) == pytest.approx((2 / 3, 2.0))
+  assert transfer.inverse_frequency_weights(np.array([20.0, -3.0]))[1] == pytest.approx(10.5)
+
+
+def test_class_weighted_loss_matches_a_direct_computation():
+  import jax  # pylint: disable=import-outside-toplevel
+  from dpjax.models import registry  # pylint: disable=import-outside-toplevel
+  from experiments.classify import classifier  # pylint: disable=import-outside-toplevel
+  model = registry.build_model("linear", 3)
+  params = registry.init_params(model, jax.random.PRNGKey(0), (2, 2, 1))
+  image = np.arange(4, dtype=np.float32).reshape(2, 2, 1) / 4
+  plain, weighted = classifier.example_loss(model), classifier.example_loss(model, (1.0, 3.0, 0.5))
+  for label, weight in ((0, 1.0), (1, 3.0), (2, 0.5)):
+    example = {"image": image, "label": np.int32(label)}
+    logits = np.asarray(model.apply({"params": params}, image[None])[0], np.float64)
+    direct = -(logits[label] - np.log(np.sum(np.exp(logits))))
+    assert float(plain(params, example)) == pytest.approx(direct, rel=1e-5)
+    assert float(weighted(params, example)) == pytest.approx(weight * direct, rel=1e-5)
