@@ -129,3 +129,21 @@ def test_peak_rss_stays_far_below_the_dataset_size(tmp_path):
         "MiB growth)")
   assert out["steps"] == 5
   assert growth < 0.2 * out["dataset_bytes"]  # measured: about 12 MiB of 256
+
+
+def test_per_person_batches_read_from_disk_equal_memory(tmp_path):
+  from dpjax import user_level
+  rng = np.random.default_rng(3)
+  arrays = {"x": rng.normal(size=(30, 6)).astype(np.float32),
+            "y": rng.normal(size=30).astype(np.float32)}
+  source = sources.NpySource(sources.write_npy_dir(tmp_path, [arrays], 30))
+  sampler = user_level.PersonSampler(np.arange(30) // 3, batch_size=4, records_per_person=2)
+  dp = train.DPConfig(clipping.ClippingConfig(clip_norm=1.0), 1.0, sampler.expected_batch_size)
+  results = [engine.train(user_level.person_loss(loss_fn), {"w": jnp.zeros(6), "b": jnp.zeros(())},
+                          optax.sgd(0.1), data, sampler=sampler, dp=dp,
+                          loop=engine.LoopConfig(num_steps=3, delta=1e-3),
+                          randomness=randomness.PrivateRandomness(secret_seed=99))
+             for data in (source, arrays)]
+  for a, b in zip(*(jax.tree.leaves(r.state.params) for r in results)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert results[0].ledger.current.unit == "person"
