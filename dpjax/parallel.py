@@ -91,10 +91,15 @@ def shard_batch(batch: PyTree, mask, mesh: Mesh, global_batch_size: int | None =
   """Places this process's share of a batch and its mask, sharded along the batch axis.
 
   `global_batch_size` (the padded size of the whole step) is checked against what this process
-  passes: exactly 1/process_count of it. Without it, one process is assumed to hold the batch.
+  passes: exactly 1/process_count of it. It is required in a multi-process run; with one
+  process it defaults to the batch passed.
   """
   sharding = batch_sharding(mesh)
   local_size = np.shape(mask)[0]
+  if global_batch_size is None and jax.process_count() > 1:
+    raise ValueError("shard_batch in a multi-process run needs global_batch_size (the padded "
+                     "size of the whole step), so that a process passing the whole batch instead "
+                     "of its share (`parallel.process_share`) is refused.")
   expected = (global_batch_size or local_size * jax.process_count()) // jax.process_count()
   if global_batch_size is not None and local_size != expected:
     raise ValueError(
