@@ -111,3 +111,12 @@ def test_initialize_distributed_reads_the_environment(monkeypatch):
   monkeypatch.setenv("DPJAX_NUM_PROCESSES", "2")
   with pytest.raises(ValueError, match="DPJAX_PROCESS_ID"):
     parallel.initialize_distributed()
+
+
+def test_shard_batch_needs_the_global_size_with_several_processes(monkeypatch):
+  import jax
+  from dpjax import parallel
+  mesh = parallel.data_mesh(jax.local_devices()[:1])
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with pytest.raises(ValueError, match="global_batch_size"):
+    parallel.shard_batch({"x": np.zeros((4, 2))}, np.ones(4, bool), mesh)
