@@ -581,12 +581,13 @@ def write_report(config: settings.Config, data: trials.TrialData, workdir: str,
                  f"{config.prefix}summary.md"],
         epsilon=math.inf, delta=0.0, mechanism="none (non-private baseline)",
         unit="participant"))
-  notes = [
-      "the DP GAN's synthetic data sets of all evaluated steps are post-processing of one "
-      "private run: its epsilon covers all of them released together; 'epsilon_at_step' gives "
-      "each file's own (smaller) epsilon if it alone is released",
-      "synthetic latents and arms are drawn from --config.seed: public randomness, post-processing",
-  ]
+  notes = ["synthetic latents and arms are drawn from --config.seed: public randomness, "
+           "post-processing"]
+  if config.private:
+    notes.insert(0, "the DP GAN's synthetic data sets of all evaluated steps are post-processing "
+                 "of one private run: its epsilon covers all of them released together; "
+                 "'epsilon_at_step' gives each file's own (smaller) epsilon if it alone is "
+                 "released")
   if not randomness.secure:
     notes.append("--config.seed also draws the data split, the simulation and the initialisation, "
                  "whose effects are released: a small seed can be found by search; use a large "

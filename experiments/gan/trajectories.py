@@ -40,6 +40,8 @@ def plot_trajectories(results: dict, data: trials.TrialData, workdir: str,
   unit = data.feature_names[0]
   written = []
   for letter, panel in zip("ABCD", PANEL_TITLES):
+    if not any(panel in v["trajectories"] for v in results["variants"].values()):
+      continue  # B-D choose GAN epochs: nothing to draw without a GAN
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, arm in zip(axes, ("0", "1")):
       if arm in results["real_trajectories"]:
