@@ -45,16 +45,17 @@ def test_person_clipping_equals_a_loop_over_persons():
   ids = np.repeat(np.arange(12), [1, 2, 3, 4] * 3)[np.random.default_rng(1).permutation(30)]
   sampler = user_level.PersonSampler(ids, batch_size=6, records_per_person=3, secret_seed=7)
   config = clipping.ClippingConfig(clip_norm=1.0)
+  clipped_sum = jax.jit(lambda inputs, mask: clipping.clipped_grad_sum(
+      user_level.person_loss(loss_fn), _params(), inputs, mask, config))
+  grad = jax.jit(jax.grad(loss_fn))
   for step in range(3):
     batch = sampler.batch(step)
-    summed, metrics = clipping.clipped_grad_sum(user_level.person_loss(loss_fn), _params(),
-                                                _gather(data, batch), jnp.asarray(batch.mask),
-                                                config)
+    summed, metrics = clipped_sum(_gather(data, batch), jnp.asarray(batch.mask))
     expected = jax.tree.map(np.zeros_like, _params())
     for row in np.flatnonzero(batch.mask):
       records = batch.indices[row][batch.record_mask[row]]
       assert len(set(ids[records])) == 1 and len(records) == min(3, np.sum(ids == ids[records[0]]))
-      grads = [jax.grad(loss_fn)(_params(), jax.tree.map(lambda a: a[r], data)) for r in records]
+      grads = [grad(_params(), jax.tree.map(lambda a: a[r], data)) for r in records]
       mean = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
       norm = math.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(mean)))
       factor = min(1.0, 1.0 / norm)
@@ -80,9 +81,9 @@ def test_removing_a_person_moves_the_noisy_sum_by_at_most_c():
                                    zip(batch.indices, batch.record_mask)])[0])
   without = mask.at[person_row].set(False)
   key = jax.random.PRNGKey(3)
-  loss = user_level.person_loss(loss_fn)
-  with_person, _ = step_lib.dp_gradient(loss, _params(), inputs, mask, key, dp)
-  without_person, _ = step_lib.dp_gradient(loss, _params(), inputs, without, key, dp)
+  noisy = jax.jit(lambda mask: step_lib.dp_gradient(user_level.person_loss(loss_fn), _params(),
+                                                    inputs, mask, key, dp)[0])
+  with_person, without_person = noisy(mask), noisy(without)
   moved = math.sqrt(sum(float(jnp.sum((a - b) ** 2)) * dp.expected_batch_size ** 2
                         for a, b in zip(jax.tree.leaves(with_person),
                                         jax.tree.leaves(without_person))))
@@ -90,7 +91,8 @@ def test_removing_a_person_moves_the_noisy_sum_by_at_most_c():
   assert moved > 0.99  # the huge gradient was clipped to C, once
   # The same two records as two examples: record-level clipping moves the sum by 2C.
   records = jax.tree.map(lambda a: jnp.asarray(a[:2]), data)
-  pair, _ = clipping.clipped_grad_sum(loss_fn, _params(), records, jnp.ones(2, bool), clip)
+  pair, _ = jax.jit(lambda r: clipping.clipped_grad_sum(loss_fn, _params(), r, jnp.ones(2, bool),
+                                                        clip))(records)
   assert math.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(pair))) > 1.99
 
 

@@ -24,11 +24,14 @@ def loss_fn(params, example):
   return (jnp.dot(params["w"], example["x"].reshape(-1)) + params["b"] - example["y"]) ** 2
 
 
+OPTIMIZER = optax.sgd(0.1)  # one object: runs with the same step share its compilation
+
+
 def _train(data, num_records, steps=4, dim=6):
   sampler = sampling.BatchSampler(num_records, 8)
   dp = train.DPConfig(clipping.ClippingConfig(clip_norm=1.0), 1.0, sampler.expected_batch_size)
   params = {"w": jnp.zeros(dim), "b": jnp.zeros(())}
-  return engine.train(loss_fn, params, optax.sgd(0.1), data, sampler=sampler, dp=dp,
+  return engine.train(loss_fn, params, OPTIMIZER, data, sampler=sampler, dp=dp,
                       loop=engine.LoopConfig(num_steps=steps, delta=1e-3),
                       randomness=randomness.PrivateRandomness(secret_seed=2024))
 
@@ -139,8 +142,9 @@ def test_per_person_batches_read_from_disk_equal_memory(tmp_path):
   source = sources.NpySource(sources.write_npy_dir(tmp_path, [arrays], 30))
   sampler = user_level.PersonSampler(np.arange(30) // 3, batch_size=4, records_per_person=2)
   dp = train.DPConfig(clipping.ClippingConfig(clip_norm=1.0), 1.0, sampler.expected_batch_size)
-  results = [engine.train(user_level.person_loss(loss_fn), {"w": jnp.zeros(6), "b": jnp.zeros(())},
-                          optax.sgd(0.1), data, sampler=sampler, dp=dp,
+  person_loss = user_level.person_loss(loss_fn)
+  results = [engine.train(person_loss, {"w": jnp.zeros(6), "b": jnp.zeros(())},
+                          OPTIMIZER, data, sampler=sampler, dp=dp,
                           loop=engine.LoopConfig(num_steps=3, delta=1e-3),
                           randomness=randomness.PrivateRandomness(secret_seed=99))
              for data in (source, arrays)]
