@@ -402,9 +402,13 @@ class _LayerGrads:
     if "bias" in self.names:
       self.exact["bias"] = jnp.sum(g, axis=1)
     self.per_example_kernel = None
+    self.rows_finite = None
     if t == 1:
       a = jnp.concatenate(parts, axis=-1)
-      self.kernel_sq = jnp.sum(a[:, 0] ** 2, axis=1) * jnp.sum(g[:, 0] ** 2, axis=1)
+      a_sq = jnp.sum(a[:, 0] ** 2, axis=1)
+      self.kernel_sq = a_sq * jnp.sum(g[:, 0] ** 2, axis=1)
+      self.parts = [a]
+      self.rows_finite = jnp.all(jnp.isfinite(a_sq))
     elif t * (p + o) < p * o:  # the Gram form is cheaper than forming a_i^T g_i
       gram_a = sum(jnp.einsum("btc,bsc->bts", a, a, precision=HIGHEST) for a in parts)
       gram_g = jnp.einsum("bto,bso->bts", g, g, precision=HIGHEST)
@@ -432,6 +436,14 @@ class _LayerGrads:
     if self.per_example_kernel is not None:
       matrix = jnp.tensordot(weights, _zero_rows(self.per_example_kernel, keep), axes=1,
                              precision=HIGHEST)
+    elif self.rows_finite is not None:
+      # One position (Dense): sum_i w_i a_i^T g_i = A^T (w * G). Zeroing A's dropped rows first
+      # (0 * inf = nan) costs a copy of the whole input, most of a small model's DP overhead;
+      # it is needed only when some row of A is not finite, which the norms already tell.
+      a = self.parts[0][:, 0]
+      gw = jnp.where(keep[:, None], self.g[:, 0] * weights[:, None], 0.0)
+      product = lambda a: jnp.einsum("bc,bo->co", a, gw, precision=HIGHEST)
+      matrix = jax.lax.cond(self.rows_finite, product, lambda a: product(_zero_rows(a, keep)), a)
     else:
       g = _zero_rows(self.g, keep) * weights[:, None, None]
       matrix = jnp.concatenate([jnp.einsum("btc,bto->co", _zero_rows(a, keep), g,
@@ -537,14 +549,7 @@ def clip_and_sum_chunk(loss_fn, params, batch, mask, config: per_example.Clippin
       summed.append(lg.weighted_sum(name, leaf_weights[i].astype(f32), keep).astype(f32))
     else:  # make_plan checked that the loss does not depend on it: its gradient is zero
       summed.append(jnp.zeros(jnp.shape(leaf), f32))
-  f32_zero = jnp.zeros((), jnp.float32)
-  metrics = per_example.ClipMetrics(
-      num_examples=jnp.sum(mask).astype(jnp.float32),
-      num_clipped=jnp.sum(keep & clipped).astype(jnp.float32),
-      num_nonfinite=jnp.sum(mask & ~finite).astype(jnp.float32),
-      norm_sum=jnp.sum(jnp.where(keep, norms, f32_zero)),
-      loss_sum=jnp.sum(jnp.where(keep, losses, f32_zero)),
-  )
+  metrics = per_example.clip_metrics(mask, keep, clipped, finite, norms, losses)
   return jax.tree.unflatten(treedef, summed), metrics
 
 

@@ -44,6 +44,22 @@ class ClipMetrics:
     return jax.tree.map(jnp.add, self, other)
 
 
+def clip_metrics(mask, keep, clipped, finite, norms, losses) -> ClipMetrics:
+  """The step's `ClipMetrics` from per-example flags and values, as ONE reduction.
+
+  Five separate sums were ten small kernels on XLA CPU (each a two-stage reduction), a visible
+  share of a sub-millisecond step; stacked they are one.
+  """
+  f32 = jnp.float32
+  zero = jnp.zeros((), f32)
+  rows = jnp.stack([mask.astype(f32), (keep & clipped).astype(f32), (mask & ~finite).astype(f32),
+                    jnp.where(keep, norms.astype(f32), zero),
+                    jnp.where(keep, losses.astype(f32), zero)])
+  sums = jnp.sum(rows, axis=1)
+  return ClipMetrics(num_examples=sums[0], num_clipped=sums[1], num_nonfinite=sums[2],
+                     norm_sum=sums[3], loss_sum=sums[4])
+
+
 @dataclasses.dataclass(frozen=True)
 class ClippingConfig:
   """How per-example gradients are bounded.
@@ -201,15 +217,7 @@ def clip_and_sum_chunk(loss_fn, params, batch, mask, config: ClippingConfig, arg
     summed = _weighted_sum(grads, jnp.where(keep, factors, 0.0))
   else:
     summed, norms, clipped = _clip_per_layer(grads, keep, config)
-  zero = jnp.zeros((), jnp.float32)
-  metrics = ClipMetrics(
-      num_examples=jnp.sum(mask).astype(jnp.float32),
-      num_clipped=jnp.sum(keep & clipped).astype(jnp.float32),
-      num_nonfinite=jnp.sum(mask & ~finite).astype(jnp.float32),
-      norm_sum=jnp.sum(jnp.where(keep, norms, zero)),
-      loss_sum=jnp.sum(jnp.where(keep, losses, zero)),
-  )
-  return summed, metrics
+  return summed, clip_metrics(mask, keep, clipped, finite, norms, losses)
 
 
 def _clip_per_layer(grads, keep, config: ClippingConfig):

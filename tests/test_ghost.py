@@ -376,3 +376,21 @@ def test_bfloat16_params_one_example_moves_the_sum_by_at_most_c(seed, per_layer)
     assert metrics.norm_sum.dtype == jnp.float32
     # The example is real and clipped (per layer, at least its head group): not vacuous.
     assert diff >= 0.9 * (clip_norm / np.sqrt(2) if per_layer else clip_norm)
+
+
+@pytest.mark.parametrize("bad_row", [None, "padding_inf", "real_nan"])
+def test_dense_sum_without_zeroing_rows_equals_vmap(bad_row):
+  # The Dense (one position) sum skips zeroing dropped input rows when every row is finite;
+  # with an Inf padding row or a NaN example it must take the zeroing branch and still match.
+  loss_fn, params, batch, mask = make_case(Mlp(), (4,))
+  batch = {"x": jnp.nan_to_num(batch["x"]), "y": batch["y"]}
+  if bad_row == "padding_inf":
+    batch["x"] = batch["x"].at[-1].set(jnp.inf)
+  elif bad_row == "real_nan":
+    batch["x"] = batch["x"].at[1].set(jnp.nan)
+  config = clipping.ClippingConfig(clip_norm=0.3, method="ghost")
+  result = run(loss_fn, params, batch, mask, config)
+  reference = run(loss_fn, params, batch, mask, dataclasses.replace(config, method="vmap"))
+  assert_same(reference, result)
+  for leaf in jax.tree.leaves(result[0]):
+    assert np.all(np.isfinite(leaf))

@@ -77,7 +77,8 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *, cli
 
   if mesh is not None:
     spec = PartitionSpec(parallel.BATCH_AXIS)
-    local = lambda p, b, m: jax.lax.psum(clipped_sum(parallel.device_local(p), b, m),
+    one_device = clipped_sum
+    local = lambda p, b, m: jax.lax.psum(one_device(parallel.device_local(p), b, m),
                                          parallel.BATCH_AXIS)
     clipped_sum = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), spec, spec),
                                 out_specs=PartitionSpec())

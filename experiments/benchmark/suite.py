@@ -166,12 +166,18 @@ def run_suite(suite: str, workdir: str, extra_fields: dict | None = None) -> dic
         table[row.name] = summarize_row(json.load(f))
     table[row.name]["wall_s"] = time.perf_counter() - row_start
     print(f"  {row.name}: {table[row.name]['wall_s']:.0f} s", flush=True)
+    _write(workdir, suite, table, start)  # after every row: a stopped run keeps its rows
+  text, summary = _write(workdir, suite, table, start)
+  print(text)
+  return summary
+
+
+def _write(workdir: str, suite: str, table: dict, start: float) -> tuple[str, dict]:
   summary = {"suite": suite, "total_s": time.perf_counter() - start, "rows": table}
   outputs.write_json(os.path.join(workdir, "table.json"), summary)
   text = format_table(table) + f"\n\nsuite {suite}: {summary['total_s']:.0f} s in all.\n"
   outputs.atomic_write_text(os.path.join(workdir, "table.md"), text)
-  print(text)
-  return summary
+  return text, summary
 
 
 flags.DEFINE_string("suite", "table", "table, gpu, or either with ':quick' (a smoke run).")

@@ -51,3 +51,35 @@ def test_peer_noise_has_the_stated_scale():
   state, _ = step(init(params), {"x": jnp.zeros((4,))}, jnp.ones((4,), bool))
   # sgd(1): params = -noise / B, noise ~ N(0, (1.5 * 2)^2).
   np.testing.assert_allclose(np.std(np.asarray(state.params["w"]) * 4.0), 3.0, rtol=0.03)
+
+
+TWO_DEVICES = """
+import json, jax, jax.numpy as jnp, optax
+from dpjax import parallel
+from experiments.benchmark import benchmark, jax_privacy_compare
+_, params, loss_fn, batch, mask = benchmark.make_workload("linear", 6, 0)
+mask = jnp.arange(6) != 2
+mesh = parallel.data_mesh(jax.local_devices())
+out = []
+for m in (None, mesh):
+  init, step = jax_privacy_compare.make_step(loss_fn, optax.sgd(1.0), clip_norm=0.1,
+      noise_multiplier=0.0, expected_batch_size=6.0, noise_key=jax.random.key(0), mesh=m)
+  state, b, k = init(jax.tree.map(jnp.copy, params)), batch, mask
+  if m is not None:
+    state, (b, k) = parallel.replicate(state, m), parallel.shard_batch(batch, mask, m)
+  state, _ = step(state, b, k)
+  out.append([float(x) for x in jax.tree.leaves(state.params)[1][:5, 0]])
+print("RESULT" + json.dumps({"devices": jax.device_count(), "params": out}))
+"""
+
+
+@pytest.mark.slow
+def test_peer_step_on_two_devices_equals_one_device():
+  import json, os, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True,
+                        env=env, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1][6:])
+  assert out["devices"] == 2
+  np.testing.assert_allclose(out["params"][1], out["params"][0], rtol=1e-5, atol=1e-7)
