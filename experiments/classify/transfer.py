@@ -221,8 +221,11 @@ class TransferConfig:
   steps_grid: tuple[int, ...] = (150, 300)
   mean_trials: float = 3.0  # 1: no selection, one run of `recipe` (its cost composed)
   shape: float = 1.0  # geometric number of trials
-  score_noise: float = 4.0  # std of the noise on each validation count (per trial)
-  histogram_noise: float = 4.0  # std of the noise on the validation class histogram (once)
+  # Std of the noise on each validation count of a trial, and on the validation class histogram
+  # (released once); None: 32 / target_epsilon (4 at epsilon 8, 32 at epsilon 1), so that the
+  # scores take a similar share of any budget.
+  score_noise: float | None = None
+  histogram_noise: float | None = None
   # "noisy_histogram": weight each class's loss by mean / count from the noisy validation class
   # histogram (already released and counted; the validation split has the training split's
   # class balance up to sampling); "none": unweighted.
@@ -241,6 +244,15 @@ class TransferConfig:
       if not getattr(self, name) or min(getattr(self, name)) <= 0:
         raise ValueError(f"--config.{name}={getattr(self, name)!r} needs at least one value, "
                          "all > 0.")
+
+  @property
+  def score_std(self) -> float:
+    return self.score_noise if self.score_noise is not None else 32.0 / self.target_epsilon
+
+  @property
+  def histogram_std(self) -> float:
+    return (self.histogram_noise if self.histogram_noise is not None
+            else 32.0 / self.target_epsilon)
 
   @property
   def selects(self) -> bool:
@@ -270,11 +282,11 @@ def _phase(config: TransferConfig, train_size: int, sigma: float) -> accounting.
 
 
 def _score_event(config: TransferConfig) -> dp_event.DpEvent:
-  return tuning.score_event(config.score_noise, sensitivity=math.sqrt(2.0))
+  return tuning.score_event(config.score_std, sensitivity=math.sqrt(2.0))
 
 
 def _histogram_event(config: TransferConfig) -> dp_event.DpEvent:
-  return dp_event.GaussianDpEvent(config.histogram_noise)
+  return dp_event.GaussianDpEvent(config.histogram_std)
 
 
 def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
@@ -297,7 +309,7 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
                                extra=[_histogram_event(config)])
   rng = randomness.numpy_rng("tune", "draws")
   class_sizes = np.bincount(dataset.val_labels, minlength=num_classes).astype(np.float64)
-  noisy_sizes = class_sizes + rng.normal(0.0, config.histogram_noise, num_classes)
+  noisy_sizes = class_sizes + rng.normal(0.0, config.histogram_std, num_classes)
   weights = (inverse_frequency_weights(noisy_sizes)
              if config.class_weighting == "noisy_histogram" else None)
   num_trials = tuning.draw_num_trials(rng, config.mean_trials, config.shape)
@@ -319,7 +331,7 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
       continue
     val_pred = probabilities(result, dataset.val_images).argmax(axis=1)
     counts = exact_counts(dataset.val_labels, val_pred, num_classes)
-    noisy = counts + rng.normal(0.0, config.score_noise, counts.shape)
+    noisy = counts + rng.normal(0.0, config.score_std, counts.shape)
     score = noisy_score(noisy, noisy_sizes)
     log.append({"trial": index, "recipe": dataclasses.asdict(recipe), "noisy_score": score,
                 "exact_val_balanced_accuracy": float(np.mean(counts[:num_classes] /
@@ -425,8 +437,8 @@ def run(config: TransferConfig, workdir: str) -> dict:
                  "validation class histogram"),
       selection=cost.to_dict(), selected=dp["row"]["selected"],
       noise_multiplier=dp["row"]["noise_multiplier"],
-      sampling_rate=dp["row"]["sampling_rate"], score_noise=config.score_noise,
-      histogram_noise=config.histogram_noise, phases=[dataclasses.asdict(p)
+      sampling_rate=dp["row"]["sampling_rate"], score_noise=config.score_std,
+      histogram_noise=config.histogram_std, phases=[dataclasses.asdict(p)
                                                       for p in dp["ledger"].phases])
   paths = report.write_privacy_report(workdir, [release], randomness,
                                       not_covered=NOT_COVERED[:3] + (
@@ -461,6 +473,8 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(TransferConfig().to_dict())
   c.data_dir = ml_collections.config_dict.placeholder(str)
   c.resize = ml_collections.config_dict.placeholder(int)
+  c.score_noise = ml_collections.config_dict.placeholder(float)
+  c.histogram_noise = ml_collections.config_dict.placeholder(float)
   return c
 
 
