@@ -123,3 +123,16 @@ def test_shard_batch_needs_the_global_size_with_several_processes(monkeypatch):
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   with pytest.raises(ValueError, match="global_batch_size"):
     parallel.shard_batch({"x": np.zeros((4, 2))}, np.ones(4, bool), mesh)
+
+
+def test_processes_that_restored_different_checkpoints_stop(monkeypatch):
+  """Without a filesystem shared by the hosts, process 1 finds no checkpoint (step -1) while
+  process 0 resumes at step 2: training on would mix two runs and two ledgers."""
+  from jax.experimental import multihost_utils
+  from dpjax import engine
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: np.asarray([[2], [-1]]))
+  with pytest.raises(ValueError, match="shared by every host"):
+    engine._check_same_checkpoint(None)  # pylint: disable=protected-access
+  monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.asarray([[-1], [-1]]))
+  engine._check_same_checkpoint(None)  # pylint: disable=protected-access
