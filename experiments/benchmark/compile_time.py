@@ -28,7 +28,8 @@ flags.DEFINE_list("chunks", ["2", "32"], "Numbers of microbatches (logical batch
 flags.DEFINE_string("method", "ghost", "vmap, ghost or auto.")
 
 
-def measure(workload: str, microbatch_size: int, chunks: int, method: str) -> dict:
+def measure(workload: str, microbatch_size: int, chunks: int, method: str,
+            compile: bool = True) -> dict:  # pylint: disable=redefined-builtin
   batch_size = microbatch_size * chunks
   _, params, loss_fn, batch, mask = benchmark.make_workload(workload, batch_size, 0)
   config = train.DPConfig(clipping.ClippingConfig(clip_norm=1.0, method=method,
@@ -41,7 +42,8 @@ def measure(workload: str, microbatch_size: int, chunks: int, method: str) -> di
   lowered = step.lower(state, batch, mask)
   lower_s, lower_cpu = time.perf_counter() - wall, time.process_time() - cpu
   wall, cpu = time.perf_counter(), time.process_time()
-  lowered.compile()
+  if compile:
+    lowered.compile()
   return {"logical_batch": batch_size, "chunks": chunks, "lower_s": lower_s,
           "lower_cpu_s": lower_cpu, "compile_s": time.perf_counter() - wall,
           "compile_cpu_s": time.process_time() - cpu, "hlo_chars": len(lowered.as_text()),
