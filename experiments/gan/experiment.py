@@ -48,6 +48,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from dpjax import accounting
 from dpjax import randomness as randomness_lib
 from dpjax import report
 from dpjax.data import trials
@@ -601,10 +602,27 @@ def write_report(config: settings.Config, data: trials.TrialData, workdir: str,
                  "max(2, sqrt(2) x bound)). Its generator, synthetic participants, scores and "
                  "curves are post-processing of that release; its random frequencies come "
                  "from the public seed")
+  together = private_generators_epsilon(runs, config)
+  if together is not None:
+    notes.append(f"the private generators (DP GAN and DP-MERF) are separate releases from the "
+                 f"same training participants: released together they cost epsilon "
+                 f"{together:.4g} at delta {config.delta:g} ({config.accountant}, their ledgers "
+                 f"composed); release one of them to spend only its own epsilon")
   report.write_privacy_report(workdir, releases, randomness,
                               not_covered=not_covered(config, data), unit="participant",
                               notes=notes)
   return releases
+
+
+def private_generators_epsilon(runs: dict, config: settings.Config) -> float | None:
+  """Epsilon of the DP GAN and DP-MERF released together (None unless both ran with noise)."""
+  ledgers = [run.release.get("_ledger") for name, run in runs.items()
+             if name in (VARIANT_PRIVATE, VARIANT_MERF)]
+  phases = [accounting.PrivacyPhase(**p) for ledger in ledgers if ledger
+            for p in ledger["phases"]]
+  if len(ledgers) < 2 or any(p.noise_multiplier == 0 for p in phases):
+    return None
+  return accounting.compute_epsilon(phases, config.delta, config.accountant)
 
 
 def summarize(results: dict) -> str:

@@ -158,8 +158,13 @@ def test_privacy_report_names_the_released_files(run):
   assert privacy["unit"] == "participant" and privacy["secure_randomness"] is True
   private, nonprivate, merf_release, trtr = privacy["releases"]
   assert merf_release["epsilon"] == pytest.approx(results["variants"]["merf"]["epsilon"])
-  # Both private generators are released: the report composes them.
-  assert privacy["epsilon_all_releases_together"] > private["epsilon"]
+  # Both private generators are released: the report composes their ledgers.
+  together = accounting.compute_epsilon(
+      [accounting.PrivacyPhase(private["noise_multiplier"], results["num_train"],
+                               config.batch_size, steps=private["steps"]),
+       accounting.PrivacyPhase(merf_release["noise_multiplier"], results["num_train"],
+                               results["num_train"], sampling="full", steps=1)], config.delta)
+  assert any(f"cost epsilon {together:.4g}" in note for note in privacy["notes"])
   assert private["epsilon"] == pytest.approx(results["epsilon"])
   synthetic = results["variants"]["private"]["synthetic_files"]
   assert len(synthetic) == config.epochs
