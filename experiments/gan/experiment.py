@@ -506,7 +506,7 @@ def _train_and_evaluate(config: settings.Config, workdir: str) -> tuple[dict, li
   return results, releases
 
 
-# ----- the epsilon sweep ----------------------------------------------------------------------------
+# ----- the epsilon sweep -----------------------------------------------------------------------
 
 def sweep_point(config: settings.Config, epsilon: float) -> settings.Config:
   """The mode="train" config of one sweep epsilon: the private generators at `epsilon`; at inf
@@ -569,7 +569,8 @@ def run_sweep(config: settings.Config, workdir: str) -> dict:
 def write_report(config: settings.Config, data: trials.TrialData, workdir: str,
                  runs: dict, shared_files: list[str],
                  randomness: randomness_lib.PrivateRandomness) -> list[dict]:
-  """privacy_report.{json,md} (returns its releases): each variant's release (the files it shares with the others are
+  """privacy_report.{json,md} (returns its releases): each variant's release (the files it
+  shares with the others are
   results.json, the summary tables and the figures), the TRTR baseline, what is not covered."""
   shared = [os.path.relpath(f, workdir) for f in shared_files]
   releases = []

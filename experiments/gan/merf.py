@@ -73,7 +73,7 @@ class MerfConfig:
     noise_multiplier: sigma; the Gaussian noise's standard deviation is sigma * sensitivity.
       0 releases the exact embedding (epsilon = inf, the non-private reference).
     latent_dim, generator_width, generator_depth: the generator MLP.
-    steps, batch_size, learning_rate: the generator's fit (Adam); `batch_size` generated
+    steps, generator_batch_size, learning_rate: the generator's fit (Adam); that many generated
       participants per arm per step.
   """
   num_frequencies: int = 500
@@ -85,7 +85,7 @@ class MerfConfig:
   generator_width: int = 128
   generator_depth: int = 2
   steps: int = 2000
-  batch_size: int = 256
+  generator_batch_size: int = 256
   learning_rate: float = 1e-3
 
   def __post_init__(self):
@@ -99,9 +99,14 @@ class MerfConfig:
       raise ValueError(f"--config.merf_count_weight={self.count_weight} must be > 0.")
     if self.noise_multiplier < 0 or math.isnan(self.noise_multiplier):
       raise ValueError(f"merf noise_multiplier={self.noise_multiplier} must be >= 0.")
-    for field in ("latent_dim", "generator_width", "generator_depth", "steps", "batch_size"):
+    # Named as the study's --config fields where there is one.
+    flags = {"generator_width": "--config.merf_generator_width", "steps": "--config.merf_steps",
+             "generator_batch_size": "--config.merf_batch_size"}
+    for field in ("latent_dim", "generator_width", "generator_depth", "steps",
+                  "generator_batch_size"):
       if getattr(self, field) < 1:
-        raise ValueError(f"--config.merf_{field}={getattr(self, field)} must be >= 1.")
+        raise ValueError(f"{flags.get(field, 'merf ' + field)}={getattr(self, field)} must be "
+                         ">= 1.")
     if not self.learning_rate > 0:
       raise ValueError(f"--config.merf_learning_rate={self.learning_rate} must be > 0.")
 
@@ -213,7 +218,7 @@ def calibrate_noise(target_epsilon: float, delta: float, num_train: int,
                                                privacy_phase(num_train, 1.0), accountant)
 
 
-# ----- the generator: fit to the released embedding only -------------------------------------------
+# ----- the generator: fit to the released embedding only --------------------------------------
 
 def init_generator(key: jax.Array, out_dim: int, config: MerfConfig) -> list[dict]:
   sizes = [config.latent_dim + NUM_ARMS] + [config.generator_width] * config.generator_depth + [
@@ -239,8 +244,9 @@ def embedding_loss(params, key, target_means, arm_shares, omega, config: MerfCon
   """Sum over arms of share * ||released mean embedding - generated mean embedding||^2."""
   loss = 0.0
   for c in range(NUM_ARMS):
-    latent = jax.random.normal(jax.random.fold_in(key, c), (config.batch_size, config.latent_dim))
-    fake = generate(params, latent, jnp.full(config.batch_size, c))
+    latent = jax.random.normal(jax.random.fold_in(key, c),
+                               (config.generator_batch_size, config.latent_dim))
+    fake = generate(params, latent, jnp.full(config.generator_batch_size, c))
     fake_mean = jnp.mean(feature_map(fake, omega, config.linear_weight), axis=0)
     loss = loss + arm_shares[c] * jnp.sum((target_means[c] - fake_mean) ** 2)
   return loss

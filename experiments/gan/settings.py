@@ -183,7 +183,7 @@ class Config:
         linear_weight=self.merf_linear_weight, count_weight=self.merf_count_weight,
         noise_multiplier=noise_multiplier,
         generator_width=self.merf_generator_width, steps=self.merf_steps,
-        batch_size=self.merf_batch_size, learning_rate=self.merf_learning_rate)
+        generator_batch_size=self.merf_batch_size, learning_rate=self.merf_learning_rate)
 
 
 def default_config() -> config_dict.ConfigDict:

@@ -23,7 +23,8 @@ from experiments.gan import settings
 from experiments.gan.configs import quick
 
 SMALL = merf.MerfConfig(num_frequencies=16, lengthscale=0.5, linear_weight=0.5, count_weight=1.0,
-                        noise_multiplier=2.0, generator_width=8, steps=5, batch_size=8)
+                        noise_multiplier=2.0, generator_width=8, steps=5,
+                        generator_batch_size=8)
 
 
 def _grid(rng, n, features=3, visits=4):
