@@ -8,9 +8,9 @@ SPRINT_gan `dp_gan.py --noise 1 --clip_value 0.0001 --epochs 500 --lr 2e-05 --ba
 norm 1e-4, 500 epochs at expected batch 1 (about 2.6 million discriminator steps), Adam 2e-5,
 the study's widths (generator conv 256, discriminator 1024), TSTR every 10 epochs, delta 1e-5,
 plus the non-private baselines. The real SPRINT files (controlled access):
-`--config.dataset=sprint --config.data_dir=...`. Never run here: at ~19 pairs/s it takes about
-two days (README.md, throughput). `:quick` keeps the study's settings for 200 participants and
-one epoch (160 steps per GAN: a check that the study's sizes run, not a result).
+`--config.dataset=sprint --config.data_dir=...`. Never run here: at 7.5 steps/s it takes
+about eight days for its two GANs (README.md, issue 17). `:quick` keeps the study's settings
+for 200 participants and one epoch (160 steps per GAN: a check that the study's sizes run, not a result).
 """
 
 from experiments.gan import settings
