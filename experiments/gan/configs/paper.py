@@ -10,7 +10,8 @@ the study's widths (generator conv 256, discriminator 1024), TSTR every 10 epoch
 plus the non-private baselines. The real SPRINT files (controlled access):
 `--config.dataset=sprint --config.data_dir=...`. Never run here: at 7.5 steps/s it takes
 about eight days for its two GANs (README.md, issue 17). `:quick` keeps the study's settings
-for 200 participants and one epoch (160 steps per GAN: a check that the study's sizes run, not a result).
+for 200 participants and one epoch (160 steps per GAN: a check that the study's sizes run, not
+a result).
 """
 
 from experiments.gan import settings
