@@ -1,4 +1,4 @@
-"""quick: the study shrunk to minutes on a CPU (about 2.5 minutes on 2 loaded cores).
+"""quick: the study shrunk to minutes on a CPU (~9 minutes on 2 busy shared cores).
 
   python -m experiments.gan --config=experiments/gan/configs/quick.py --workdir=runs/gan_quick
 
