@@ -22,10 +22,6 @@ from dpjax import clipping
 from dpjax import train
 from experiments.benchmark import benchmark
 
-flags.DEFINE_string("workload", "resnet18", "linear, cnn, resnet18 or vgg16.")
-flags.DEFINE_integer("microbatch_size", 128, "Examples per microbatch.")
-flags.DEFINE_list("chunks", ["2", "32"], "Numbers of microbatches (logical batch = size x chunks).")
-flags.DEFINE_string("method", "ghost", "vmap, ghost or auto.")
 
 
 def measure(workload: str, microbatch_size: int, chunks: int, method: str,
@@ -50,6 +46,15 @@ def measure(workload: str, microbatch_size: int, chunks: int, method: str,
           "cpu_pressure": benchmark.cpu_pressure()}
 
 
+def define_flags():
+  """The command-line flags, defined only when run as a program: the benchmark tools share
+  names (--workload, --workdir) and tests import several of them into one process."""
+  flags.DEFINE_string("workload", "resnet18", "linear, cnn, resnet18 or vgg16.")
+  flags.DEFINE_integer("microbatch_size", 128, "Examples per microbatch.")
+  flags.DEFINE_list("chunks", ["2", "32"], "Numbers of microbatches (logical batch = size x chunks).")
+  flags.DEFINE_string("method", "ghost", "vmap, ghost or auto.")
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
@@ -62,4 +67,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -186,11 +186,14 @@ def run(workload: str, batch_size: int, repeats: int = 5, steps: int = 5, rounds
   return result
 
 
-flags.DEFINE_string("workload", "resnet18", "cnn, resnet18 or vgg16.")
-flags.DEFINE_integer("batch_size", 32, "Examples per step.")
-flags.DEFINE_integer("repeats", 5, "Timed runs per product and form (the minimum is kept).")
-flags.DEFINE_integer("steps", 5, "Timed steps per round of the whole-step comparison.")
-flags.DEFINE_string("workdir", None, "Where conv_layers.{json,md} go (optional).")
+def define_flags():
+  """The command-line flags, defined only when run as a program: the benchmark tools share
+  names (--workload, --workdir) and tests import several of them into one process."""
+  flags.DEFINE_string("workload", "resnet18", "cnn, resnet18 or vgg16.")
+  flags.DEFINE_integer("batch_size", 32, "Examples per step.")
+  flags.DEFINE_integer("repeats", 5, "Timed runs per product and form (the minimum is kept).")
+  flags.DEFINE_integer("steps", 5, "Timed steps per round of the whole-step comparison.")
+  flags.DEFINE_string("workdir", None, "Where conv_layers.{json,md} go (optional).")
 
 
 def main(argv):
@@ -205,4 +208,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

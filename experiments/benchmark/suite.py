@@ -182,8 +182,11 @@ def _write(workdir: str, suite: str, table: dict, start: float) -> tuple[str, di
   return text, summary
 
 
-flags.DEFINE_string("suite", "table", "table, gpu, or either with ':quick' (a smoke run).")
-flags.DEFINE_string("workdir", None, "Where each row's results and the combined table go.")
+def define_flags():
+  """The command-line flags, defined only when run as a program: the benchmark tools share
+  names (--workload, --workdir) and tests import several of them into one process."""
+  flags.DEFINE_string("suite", "table", "table, gpu, or either with ':quick' (a smoke run).")
+  flags.DEFINE_string("workdir", None, "Where each row's results and the combined table go.")
 
 
 def main(argv):
@@ -194,4 +197,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
