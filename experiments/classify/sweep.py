@@ -81,6 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.accountant = "auto"  # rdp for gaussian, pld for laplace
   c.sampling = "poisson"
   c.records_per_person = 0  # > 0: privacy per person, at most this many records each per step
+  # Per-class loss weights, e.g. from a public prior (None: unweighted).
+  c.class_weights = config_dict.placeholder(tuple)
   c.ldp_clip = False  # clip perturbed pixels back to [0, 1] (post-processing)
   c.seed = 0  # public choices: initialisation, data subset and split
   c.reproducible_private_randomness = False  # batches and noise from `seed` (then a secret)

@@ -1,5 +1,6 @@
 """The one-command benchmark tables: rows, their commands, the smoke versions, the summary."""
 
+import importlib.util
 import json
 import sys
 
@@ -73,5 +74,7 @@ def test_a_quick_suite_row_runs_end_to_end(tmp_path, monkeypatch):
   summary = suite.run_suite("one:quick", str(tmp_path))
   row = summary["rows"]["linear"]
   assert "error" not in row, row
-  assert row["dp_ghost"] > 0 and row["jax_privacy"] > 0
+  assert row["dp_ghost"] > 0
+  if importlib.util.find_spec("jax_privacy") is not None:  # the `compare` extra
+    assert row["jax_privacy"] > 0
   assert (tmp_path / "table.md").exists() and (tmp_path / "linear" / "results.json").exists()
