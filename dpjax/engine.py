@@ -115,6 +115,11 @@ def _check_same_checkpoint(restored) -> None:
                      "writes the checkpoint, all processes restore it).")
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def _nbytes(tree) -> int:
   return sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
 
@@ -338,8 +343,11 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
       is_eval = eval_fn is not None and (is_last or (loop.eval_every and done % loop.eval_every == 0))
       if is_last or is_eval or (loop.log_every and done % loop.log_every == 0):
         metrics = {k: float(v) for k, v in metrics.items()}
-        if not math.isfinite(metrics["loss"]):
-          raise FloatingPointError(f"step {done}: the loss is {metrics['loss']}; stopping instead "
+        # Decided on the released (DP) parameters, not on the batch loss: whether and when a run
+        # stops is visible (a selection ranks a stopped trial as failed), so it may depend only
+        # on DP outputs.
+        if not _all_finite(state.params):
+          raise FloatingPointError(f"step {done}: the parameters are not finite; stopping instead "
                                    "of training on (lower the learning rate).")
         elapsed = time.perf_counter() - window_start
         # Throughput from the expected batch size: the realised sizes are private.
