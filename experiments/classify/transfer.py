@@ -122,6 +122,11 @@ class Recipe:
   learning_rate: float = 1.0  # for per-example gradients normalised to norm 1 (lr / clip)
   clip_norm: float = 1.0
   momentum: float = 0.9
+  # Augmentation multiplicity and parameter EMA (ClassifierConfig's fields of the same names).
+  augmult: int = 0
+  augment_crop_pad: int = 4
+  augment_flip: bool = False  # off: chest X-rays and other medical images are not mirror-invariant
+  ema_decay: float = 0.0
 
   def sampling_rate(self, train_size: int) -> float:
     return min(self.batch_size, train_size) / train_size
@@ -136,7 +141,8 @@ class Recipe:
         noise_multiplier=noise_multiplier if noise_multiplier is not None else 0.0,
         private=noise_multiplier is not None, seed=seed, eval_every=self.steps,
         checkpoint_every=self.steps, log_every=self.steps, train_eval_size=256,
-        per_example="vmap", **overrides)
+        per_example="vmap", augmult=self.augmult, augment_crop_pad=self.augment_crop_pad,
+        augment_flip=self.augment_flip, ema_decay=self.ema_decay, **overrides)
 
 
 def with_validation(dataset: images_lib.ImageDataset, fraction: float,
