@@ -33,8 +33,10 @@ import optax
 from absl import logging
 
 from dpjax import accounting
+from dpjax import augment
 from dpjax import checkpoint
 from dpjax import clipping
+from dpjax import ema as ema_lib
 from dpjax import parallel
 from dpjax import randomness as randomness_lib
 from dpjax import report
@@ -77,6 +79,12 @@ class TrainResult:
 
   def epsilon(self, delta: float, accountant: str = "rdp") -> float:
     return self.ledger.epsilon(delta, accountant)
+
+  @property
+  def released_params(self) -> PyTree:
+    """What to evaluate and release: the EMA of the iterates when the optimizer keeps one
+    (`dpjax.ema.with_ema`, post-processing), else the last iterate `state.params`."""
+    return ema_lib.released_params(self.state.params, self.state.opt_state)
 
   def release(self, name: str, files: list[str], delta: float, accountant: str = "rdp") -> dict:
     """The privacy-report entry of an output released from this run."""
@@ -184,13 +192,15 @@ _STEP_CACHE: dict = {}
 
 
 def compiled_step(loss_fn, optimizer: optax.GradientTransformation, dp: step_lib.DPConfig | None,
-                  mesh=None):
-  """The jitted step, shared by every `train` call with the same loss, optimizer, DP config and
-  mesh: many models of one study (shadow models of an audit, arms of a sweep) compile once."""
-  make = lambda: (step_lib.make_nonprivate_step(loss_fn, optimizer, mesh) if dp is None
-                  else step_lib.make_dp_step(loss_fn, optimizer, dp, mesh))
+                  mesh=None, augmult: augment.Multiplicity | None = None):
+  """The jitted step, shared by every `train` call with the same loss, optimizer, DP config,
+  mesh and augmentation multiplicity: many models of one study (shadow models of an audit, arms
+  of a sweep) compile once."""
+  make = lambda: (step_lib.make_nonprivate_step(loss_fn, optimizer, mesh, augmult=augmult)
+                  if dp is None else
+                  step_lib.make_dp_step(loss_fn, optimizer, dp, mesh, augmult=augmult))
   try:
-    key = (loss_fn, optimizer, dp, mesh)
+    key = (loss_fn, optimizer, dp, mesh, augmult)
     hash(key)
   except TypeError:  # e.g. per-layer clip norms held in a dict
     return make()
@@ -229,7 +239,8 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
           sampler: sampling.BatchSampler, dp: step_lib.DPConfig | None, loop: LoopConfig,
           randomness: randomness_lib.PrivateRandomness = randomness_lib.SECURE,
           stream: str = "model", eval_fn: Callable[[PyTree], dict] | None = None,
-          run_config: dict | None = None, make_step: Callable | None = None) -> TrainResult:
+          run_config: dict | None = None, make_step: Callable | None = None,
+          augmult: augment.Multiplicity | None = None) -> TrainResult:
   """Trains `params` on `data`: a pytree of host arrays with a leading example axis, or a
   source read a batch at a time from disk (`dpjax.data.sources`, for data larger than memory).
 
@@ -249,13 +260,21 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
   `train.dp_gradient(loss_fn, ..., key, dp)` per step, with a key split from
   `train.step_key(state)` (the ledger counts one sampled event of `dp` per step), and advance
   `state.step` by one.
+
+  `augmult` (`dpjax.augment.Multiplicity`): each example's gradient is the mean over K augmented
+  copies before clipping (same sensitivity). An optimizer that keeps an EMA of the parameters
+  (`dpjax.ema.with_ema`) has `eval_fn` called on the EMA (`TrainResult.released_params`).
   """
   _check_inputs(data, sampler, dp, loop)
   randomness = randomness_lib.shared_across_processes(randomness)
   sampler = dataclasses.replace(sampler, secret_seed=randomness.sampling_seed(stream))
   multi_process = jax.process_count() > 1
   mesh = data_parallel_mesh() if loop.data_parallel or multi_process else None
-  step_fn = (make_step or compiled_step)(loss_fn, optimizer, dp, mesh)
+  if make_step is not None and augmult is not None:
+    raise ValueError("augmult applies to the engine's own step: a custom make_step must apply "
+                     "augmentation multiplicity itself (dpjax.train.make_dp_step(augmult=...)).")
+  step_fn = (make_step(loss_fn, optimizer, dp, mesh) if make_step
+             else compiled_step(loss_fn, optimizer, dp, mesh, augmult))
   phase = (sampler.privacy_phase(0.0) if dp is None
            else sampler.privacy_phase(dp.noise_multiplier, dp.mechanism))
 
@@ -354,7 +373,7 @@ def train(loss_fn, params: PyTree, optimizer: optax.GradientTransformation, data
         public = {"step": done, "epsilon": epsilon_now(),
                   "examples_per_sec": window_steps * sampler.expected_batch_size / max(elapsed, 1e-9)}
         if is_eval:
-          public.update(eval_fn(state.params))
+          public.update(eval_fn(ema_lib.released_params(state.params, state.opt_state)))
         records.add(public, {"step": done, **metrics})
         logging.info("step %d/%d %s", done, loop.num_steps,
                      " ".join(f"{k}={v:.4g}" for k, v in public.items() if k != "step"))

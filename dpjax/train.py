@@ -21,10 +21,12 @@ from typing import Any
 
 import flax
 import jax
+from absl import logging
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
+from dpjax import augment
 from dpjax import clipping
 from dpjax import noise
 from dpjax import parallel
@@ -127,15 +129,57 @@ def _compile(step, mesh: Mesh | None, jit: bool):
                  donate_argnames="state")
 
 
+# The augmentation draws of step t come from fold_in(noise key of step t, this tag). They need not
+# be secret (the clip bounds an example's contribution whatever its augmentations), but they must
+# not come from anything released, such as the public seed written with the results: a public
+# seed that also drove part of the step would tie released files to the private stream. Derived
+# from the secret key they are fresh each step (the step is in the key), never written anywhere,
+# reproducible only with the secret seed, and independent of the noise, which is drawn from the
+# step key itself (threefry's fold_in is a PRF: neither output reveals the other).
+_AUGMENT_TAG = 0x61756731  # "aug1"
+
+
+def augment_key(state: TrainState) -> jax.Array:
+  """The augmentation key of the state's step (see `_AUGMENT_TAG`)."""
+  return jax.random.fold_in(step_key(state), _AUGMENT_TAG)
+
+
+def _augmented(loss_fn, augmult: augment.Multiplicity | None):
+  """(loss, inputs(state, batch, mask)): the loss the clipping sees and how a batch reaches it;
+  with `augmult`, the mean over K augmented copies and one augmentation key per example."""
+  if augmult is None:
+    return loss_fn, lambda state, batch, mask: batch
+  return augmult.loss(loss_fn), lambda state, batch, mask: augmult.keyed_batch(
+      batch, augment_key(state), mask.shape[0])
+
+
+def _vmap_for_augmult(config: DPConfig, augmult: augment.Multiplicity | None) -> DPConfig:
+  """Ghost norms cannot take the norm of a gradient summed over K copies from per-layer inputs
+  of one forward pass: with augmentation multiplicity, per-example gradients come from vmap."""
+  if augmult is None or config.clipping.method == "vmap":
+    return config
+  logging.info("augmentation multiplicity (K=%d): per-example clipping by vmap instead of %r "
+               "(ghost norms see one forward pass per example, not the mean over K copies).",
+               augmult.copies, config.clipping.method)
+  return dataclasses.replace(config, clipping=dataclasses.replace(config.clipping, method="vmap"))
+
+
 def make_dp_step(loss_fn, optimizer: optax.GradientTransformation, config: DPConfig,
-                 mesh: Mesh | None = None, jit: bool = True):
+                 mesh: Mesh | None = None, jit: bool = True,
+                 augmult: augment.Multiplicity | None = None):
   """`step(state, batch, mask) -> (state, private_metrics)`, one DP-SGD step in one `jax.jit`.
 
   With `mesh` the state is replicated (`parallel.replicate`) and the batch sharded over its
   "batch" axis (`parallel.shard_batch`); the padded batch must be a multiple of the devices.
+  With `augmult`, each example's gradient is the mean over K augmented copies, clipped once
+  (`dpjax.augment`); the noise key is unchanged.
   """
+  config = _vmap_for_augmult(config, augmult)
+  loss, inputs = _augmented(loss_fn, augmult)
+
   def step(state: TrainState, batch, mask):
-    grad, m = dp_gradient(loss_fn, state.params, batch, mask, step_key(state), config, mesh)
+    grad, m = dp_gradient(loss, state.params, inputs(state, batch, mask), mask, step_key(state),
+                          config, mesh)
     return apply_gradient(optimizer, state, grad), private_metrics(m)
   return _compile(step, mesh, jit)
 
@@ -164,9 +208,14 @@ def masked_mean_loss_and_grad(loss_fn, params, batch, mask, mesh: Mesh | None = 
 
 
 def make_nonprivate_step(loss_fn, optimizer: optax.GradientTransformation,
-                         mesh: Mesh | None = None, jit: bool = True):
-  """The same interface without clipping or noise: the gradient of the masked mean loss."""
+                         mesh: Mesh | None = None, jit: bool = True,
+                         augmult: augment.Multiplicity | None = None):
+  """The same interface without clipping or noise: the gradient of the masked mean loss (with
+  `augmult`, of each example's mean over K augmented copies)."""
+  example_loss, inputs = _augmented(loss_fn, augmult)
+
   def step(state: TrainState, batch, mask):
-    loss, grad, count = masked_mean_loss_and_grad(loss_fn, state.params, batch, mask, mesh)
+    loss, grad, count = masked_mean_loss_and_grad(example_loss, state.params,
+                                                  inputs(state, batch, mask), mask, mesh)
     return apply_gradient(optimizer, state, grad), {"loss": loss, "batch_size": count}
   return _compile(step, mesh, jit)

@@ -84,6 +84,13 @@ def default_config() -> ml_collections.ConfigDict:
   # Per-class loss weights, e.g. from a public prior (None: unweighted).
   c.class_weights = config_dict.placeholder(tuple)
   c.ldp_clip = False  # clip perturbed pixels back to [0, 1] (post-processing)
+  # Augmentation multiplicity: > 0 copies per example averaged before clipping (dpjax.augment);
+  # random crop after padding (reflect or zero); flip off by default (medical images, digits).
+  c.augmult = 0
+  c.augment_crop_pad = 4
+  c.augment_pad = "reflect"
+  c.augment_flip = False
+  c.ema_decay = 0.0  # > 0: evaluate and release an EMA of the DP iterates (free in privacy)
   c.seed = 0  # public choices: initialisation, data subset and split
   c.reproducible_private_randomness = False  # batches and noise from `seed` (then a secret)
   c.data_dir = config_dict.placeholder(str)  # default: $DPJAX_DATA_DIR or ../shared/data
