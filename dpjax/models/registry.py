@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpjax.models import alexnet, cnn, resnet, scattering, vgg
+from dpjax.models import alexnet, cnn, pretrained, resnet, scattering, vgg
 from dpjax.models.weights import load_params, save_params  # pylint: disable=unused-import
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -23,6 +23,10 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     # heads on precomputed scattering features (dpjax.models.scattering.scattering_features)
     "scatter_linear": scattering.ScatterLinear,
     "scatter_cnn": scattering.ScatterCNN,
+    # torchvision's ResNet-18 from a local converted file (dpjax.models.torchvision_import):
+    # a head on precomputed frozen-body features, and the whole network to fine-tune
+    "resnet18_probe": pretrained.ProbeLinear,
+    "resnet18_finetune": pretrained.PretrainedResNet18,
 }
 
 

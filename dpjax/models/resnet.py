@@ -4,6 +4,11 @@ BatchNorm normalises each example with statistics of the whole batch, so one exa
 (and gradient) depends on the others: per-example gradients stop being per-example and DP-SGD's
 sensitivity bound no longer holds. GroupNorm (the default, 32 groups) normalises within each
 example. The normalisation is a constructor argument and BatchNorm is refused with that reason.
+
+For torchvision's ImageNet ResNet-18 (dpjax.models.torchvision_import) the model also has
+`stem="imagenet"` (7x7 stride-2 conv and a 3x3 stride-2 max-pool) and
+`norm="frozen_batchnorm"` (`FrozenBatchNorm`: BatchNorm at inference, a fixed per-channel
+affine, which never looks at the batch).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from dpjax.models import conv as conv_lib
 from dpjax.models.weights import load_params, save_params  # pylint: disable=unused-import
 
 NormFactory = Callable[[], nn.Module]
-NORM_NAMES = ("group", "layer", "none")
+NORM_NAMES = ("group", "layer", "none", "frozen_batchnorm")
+STEMS = ("cifar", "imagenet")
 
 _BATCHNORM_REFUSAL = (
     "BatchNorm mixes the examples of a batch (each output depends on the batch's mean and "
@@ -34,6 +40,32 @@ def _is_batch_norm(norm) -> bool:
   return isinstance(norm, nn.BatchNorm) or (isinstance(norm, type) and issubclass(norm, nn.BatchNorm))
 
 
+class FrozenBatchNorm(nn.Module):
+  """BatchNorm frozen at its running statistics: y = x * scale + bias, per channel.
+
+  A pretrained BatchNorm at inference computes (x - mean) / sqrt(var + eps) * gamma + beta with
+  its running mean and var. The converter (dpjax.models.torchvision_import) folds that into
+  scale = gamma / sqrt(var + eps) and bias = beta - mean * scale, so the statistics are fixed
+  constants of the file, never updated, and no statistic of a batch is ever computed: each
+  example's output depends on that example alone (per-example gradients stay per-example, as
+  DP-SGD needs). `scale` and `bias` are ordinary trainable parameters (fine-tuning moves the
+  folded affine; the forward pass of the converted weights is torchvision's exactly).
+
+  The running statistics are public here: they were computed on the public pretraining data
+  (ImageNet, for torchvision's weights), never on the private training set; releasing a model
+  that contains them releases nothing about the private records. Re-estimating them on the
+  private data would be a release of that data (and BatchNorm's batch statistics are refused
+  outright, see `norm_factory`).
+  """
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    return x * scale.astype(x.dtype) + bias.astype(x.dtype)
+
+
 def norm_factory(norm: str | NormFactory, num_groups: int = 32) -> NormFactory:
   """A zero-argument constructor of the normalisation layer; refuses BatchNorm (see module doc)."""
   if _is_batch_norm(norm):
@@ -45,6 +77,7 @@ def norm_factory(norm: str | NormFactory, num_groups: int = 32) -> NormFactory:
       "group": functools.partial(nn.GroupNorm, num_groups=num_groups, epsilon=1e-5),
       "layer": functools.partial(nn.GroupNorm, num_groups=1, epsilon=1e-5),  # over H, W, C
       "none": lambda: (lambda x: x),
+      "frozen_batchnorm": FrozenBatchNorm,
   }
   if norm not in factories:
     raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORM_NAMES)} or a callable "
@@ -75,30 +108,51 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """CIFAR ResNet: 3x3 stem without max-pool, stages of basic blocks, global average pool."""
+  """ResNet: a stem, stages of basic blocks, global average pool, a dense head.
+
+  `stem="cifar"` (the default): a 3x3 stride-1 conv without max-pool. `stem="imagenet"`:
+  torchvision's 7x7 stride-2 conv (padding 3) then a 3x3 stride-2 max-pool (padding 1), so the
+  features are 1/32 of the input's side (64x64 -> 2x2).
+  """
   stage_sizes: Sequence[int]
   num_classes: int = 10
   num_filters: int = 64
   norm: str | NormFactory = "group"
   num_groups: int = 32
   conv_lowering: str = "auto"  # dpjax.models.conv: per backend and shape; "native" is nn.Conv's
+  stem: str = "cifar"
 
   def __post_init__(self):
     norm_factory(self.norm, self.num_groups)  # refuse BatchNorm when built, not when first run
+    if self.stem not in STEMS:
+      raise ValueError(f"unknown stem {self.stem!r}; valid: {', '.join(STEMS)}")
     super().__post_init__()
 
+  def features(self, images: jnp.ndarray) -> jnp.ndarray:
+    """The pooled body output (N, 8 * num_filters) before the head; `apply(..., method=)`."""
+    return self(images, head=False)
+
   @nn.compact
-  def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, images: jnp.ndarray, head: bool = True) -> jnp.ndarray:
     norm = norm_factory(self.norm, self.num_groups)
-    x = conv_lib.Conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                      lowering=self.conv_lowering, name="stem_conv")(images)
-    x = nn.relu(norm()(x))
+    if self.stem == "imagenet":
+      x = conv_lib.Conv(self.num_filters, (7, 7), strides=2, padding=((3, 3), (3, 3)),
+                        use_bias=False, lowering=self.conv_lowering, name="stem_conv")(images)
+      x = nn.relu(norm()(x))
+      # Padding with -inf (Flax's max_pool) is PyTorch's MaxPool2d(3, 2, padding=1).
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = conv_lib.Conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                        lowering=self.conv_lowering, name="stem_conv")(images)
+      x = nn.relu(norm()(x))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(self.num_filters * 2**stage, strides, norm, self.conv_lowering,
                        name=f"stage{stage + 1}_block{block + 1}")(x)
     x = jnp.mean(x, axis=(-3, -2))
+    if not head:
+      return x
     return nn.Dense(self.num_classes, name="head")(x)
 
 

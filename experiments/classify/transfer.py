@@ -49,6 +49,7 @@ from dpjax import tuning
 from dpjax.data import images as images_lib
 from dpjax.models import scattering
 from experiments.classify import classifier
+from experiments.classify import pretrained as pretrained_lib
 from experiments.common import outputs
 
 COLLAPSE_SHARE = 0.95  # one class taking this share of the predictions is a collapse
@@ -239,6 +240,10 @@ class TransferConfig:
   non_private: bool = True  # also the non-private reference (best of the grid on exact val)
   non_private_learning_rates: tuple[float, ...] = (1e-3, 3e-3)  # Adam, no clipping
   reproducible_private_randomness: bool = False
+  # resnet18_probe / resnet18_finetune: the local converted torchvision file (16a,
+  # experiments/classify/pretrained.py) and the side the images are resized to.
+  pretrained: str | None = None
+  pretrained_size: int = 64
 
   def __post_init__(self):
     if not self.target_epsilon > 0:
@@ -250,6 +255,7 @@ class TransferConfig:
       if not getattr(self, name) or min(getattr(self, name)) <= 0:
         raise ValueError(f"--config.{name}={getattr(self, name)!r} needs at least one value, "
                          "all > 0.")
+    pretrained_lib.check(self.model, self.pretrained, self.pretrained_size)
 
   @property
   def score_std(self) -> float:
@@ -328,7 +334,9 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
   for index in range(num_trials):
     recipe = candidates[int(rng.integers(len(candidates)))]
     run_config = recipe.classifier_config(config.model, sigma, config.seed, delta=config.delta,
-                                          class_weights=weights)
+                                          class_weights=weights,
+                                          **pretrained_lib.classifier_overrides(
+                                              config.model, config.pretrained))
     try:
       result = classifier.train_classifier(run_config, dataset=trial_data, randomness=randomness,
                                            stream=f"tune trial {index}")
@@ -379,8 +387,9 @@ def run_non_private(config: TransferConfig, dataset: images_lib.ImageDataset,
   grid = itertools.product(config.non_private_learning_rates, config.steps_grid)
   for index, (lr, steps) in enumerate(grid):
     recipe = dataclasses.replace(config.recipe, learning_rate=lr, steps=steps, clip_norm=1.0)
-    run_config = dataclasses.replace(recipe.classifier_config(config.model, None, config.seed),
-                                     optimizer="adam")
+    run_config = dataclasses.replace(recipe.classifier_config(
+        config.model, None, config.seed,
+        **pretrained_lib.classifier_overrides(config.model, config.pretrained)), optimizer="adam")
     result = classifier.train_classifier(run_config, dataset=val_as_test, randomness=randomness,
                                          stream=f"non-private {index}")
     val = classification_metrics(dataset.val_labels, probabilities(result, dataset.val_images))
@@ -401,7 +410,8 @@ def run_non_private(config: TransferConfig, dataset: images_lib.ImageDataset,
 def load(config: TransferConfig) -> images_lib.ImageDataset:
   dataset = images_lib.load_image_dataset(config.dataset, config.data_dir, resize=config.resize,
                                           seed=config.seed)
-  return featurize(with_validation(dataset, config.val_fraction, config.seed), config.model)
+  dataset = featurize(with_validation(dataset, config.val_fraction, config.seed), config.model)
+  return pretrained_lib.prepare(dataset, config.model, config.pretrained, config.pretrained_size)
 
 
 NOT_COVERED = (
@@ -448,7 +458,9 @@ def run(config: TransferConfig, workdir: str) -> dict:
                                                       for p in dp["ledger"].phases])
   paths = report.write_privacy_report(workdir, [release], randomness,
                                       not_covered=NOT_COVERED[:3] + (
-                                          NOT_COVERED[3:] if config.non_private else ()))
+                                          NOT_COVERED[3:] if config.non_private else ())
+                                      + pretrained_lib.not_covered(config.model,
+                                                                   config.pretrained))
   return {"rows": rows, "markdown": text, "privacy_report": paths}
 
 
@@ -481,6 +493,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.resize = ml_collections.config_dict.placeholder(int)
   c.score_noise = ml_collections.config_dict.placeholder(float)
   c.histogram_noise = ml_collections.config_dict.placeholder(float)
+  c.pretrained = ml_collections.config_dict.placeholder(str)
   return c
 
 

@@ -179,7 +179,7 @@ def test_other_norms_are_accepted_and_unknown_names_listed():
 
 
 def test_registry_rejects_unknown_names_and_options():
-  with pytest.raises(ValueError, match="alexnet, cnn, linear, mlp, resnet18, scatter_cnn, scatter_linear, vgg16"):
+  with pytest.raises(ValueError, match="alexnet, cnn, linear, mlp, resnet18, resnet18_finetune, resnet18_probe, scatter_cnn, scatter_linear, vgg16"):
     registry.build_model("resnet50", 10)
   with pytest.raises(ValueError, match="'cnn' does not accept options \\['depth'\\]"):
     registry.build_model("cnn", 10, depth=3)
