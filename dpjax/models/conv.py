@@ -53,17 +53,20 @@ def cpu_lowering(spatial: Sequence[int], out_spatial: Sequence[int], in_channels
     product in the forward pass and the input gradient, and slower in the weight gradient.
   * 4x4 maps with >= 256 input channels: the patch product is ~1.8x faster forward and for
     the input gradient; the weight gradient is even.
-  * >= 1024 output positions with >= 64 input channels (ResNet-18's first stage at 32x32):
-    XLA's weight gradient is ~2.3x slower than the patch product; forward and input gradient
-    are faster native.
-  Elsewhere (few input channels, 8x8-16x16 maps) the native convolution is as fast or faster.
+  * Weight gradient: inputs of >= 1024 positions (32x32 maps, whatever the channels or stride:
+    the CIFAR CNN's and ResNet-18's input conv, ResNet-18's first stage and its stride-2 exit),
+    or >= 128 input channels on maps of 8x8 or more: XLA's weight gradient was 1.25-3x slower
+    than the per-offset products (`patch_weight_grad`); forward and input gradient are faster
+    native (session 5 timings at batch 32 and 128, experiments/benchmark/README.md).
+  Elsewhere (<= 64 input channels on 8x8-16x16 maps) the native convolution is as fast or
+  faster.
   """
   largest = max(spatial)
   if largest <= 2:
     return Lowering(PATCHES, PATCHES, PATCHES)
   if largest <= 4 and in_channels >= 256:
     return Lowering(PATCHES, PATCHES, NATIVE)
-  if int(np.prod(out_spatial)) >= 1024 and in_channels >= 64:
+  if int(np.prod(spatial)) >= 1024 or (in_channels >= 128 and largest >= 8):
     return Lowering(NATIVE, NATIVE, PATCHES)
   return Lowering()
 
@@ -92,9 +95,9 @@ def _native(x, kernel, strides, pads, precision):
       precision=precision)
 
 
-def patch_matrix(x, kernel_size, strides, pads):
-  """(N, *out_spatial, prod(kernel) * C_in): strided slices of the padded input side by side,
-  features ordered (*kernel, C_in) like nn.Conv's kernel; `x` is (N, *spatial, C_in)."""
+def patch_parts(x, kernel_size, strides, pads) -> list[jax.Array]:
+  """The prod(kernel) strided slices of the padded input, one per kernel offset (row-major
+  order, like nn.Conv's kernel), each (N, *out_spatial, C_in); `x` is (N, *spatial, C_in)."""
   x = jnp.pad(x, [(0, 0)] + [tuple(p) for p in pads] + [(0, 0)])
   out = [(s - k) // st + 1 for s, k, st in zip(x.shape[1:-1], kernel_size, strides)]
   parts = []
@@ -103,7 +106,27 @@ def patch_matrix(x, kernel_size, strides, pads):
     limit = (x.shape[0], *[o + (m - 1) * st + 1 for o, m, st in zip(offset, out, strides)],
              x.shape[-1])
     parts.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
+  return parts
+
+
+def patch_matrix(x, kernel_size, strides, pads):
+  """(N, *out_spatial, prod(kernel) * C_in): `patch_parts` side by side, features ordered
+  (*kernel, C_in) like nn.Conv's kernel."""
+  parts = patch_parts(x, kernel_size, strides, pads)
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def patch_weight_grad(x, g, kernel_shape, strides, pads, precision=None):
+  """The kernel gradient as one product per kernel offset, slice^T g, stacked.
+
+  Equal to patch_matrix(x)^T g, but without the copy into one (N * T, prod(kernel) * C_in)
+  matrix: on XLA CPU the prod(kernel) products of the slices took 0.5-1.07x the time of the
+  one product with the stacked matrix on the CNN and ResNet-18 layers timed (session 5).
+  """
+  g_matrix = g.reshape(-1, g.shape[-1])
+  blocks = [jnp.dot(part.reshape(-1, part.shape[-1]).T, g_matrix, precision=precision)
+            for part in patch_parts(x, kernel_shape[:-2], strides, pads)]
+  return jnp.stack(blocks).reshape(kernel_shape)
 
 
 def _patches(x, kernel, strides, pads, precision):
@@ -130,10 +153,8 @@ def _conv_bwd(strides, pads, lowering, precision, residuals, g):
   input_form = _FORMS[lowering.input_grad]
   _, x_vjp = jax.vjp(lambda x: input_form(x, kernel, strides, pads, precision), x)
   if lowering.weight_grad == PATCHES:
-    patches = patch_matrix(x, kernel.shape[:-2], strides, pads)
-    flat = patches.reshape(-1, patches.shape[-1])
-    kernel_grad = jnp.dot(flat.T, g.reshape(-1, g.shape[-1]), precision=precision)
-    kernel_grad = kernel_grad.reshape(kernel.shape).astype(kernel.dtype)
+    kernel_grad = patch_weight_grad(x, g, kernel.shape, strides, pads, precision)
+    kernel_grad = kernel_grad.astype(kernel.dtype)
   else:
     _, k_vjp = jax.vjp(lambda k: _native(x, k, strides, pads, precision), kernel)
     (kernel_grad,) = k_vjp(g)
