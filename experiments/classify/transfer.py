@@ -163,16 +163,55 @@ def with_validation(dataset: images_lib.ImageDataset, fraction: float,
       val_images=dataset.train_images[val], val_labels=dataset.train_labels[val])
 
 
-def featurize(dataset: images_lib.ImageDataset, model: str) -> images_lib.ImageDataset:
-  """Scattering features in place of pixels for the scatter_* heads (a fixed per-image map)."""
+def average_pool(features: np.ndarray, side: int) -> np.ndarray:
+  """(N, h, w, C) -> (N, side, side, C): the mean over `side` x `side` near-equal windows
+  (adaptive average pooling; window i covers rows floor(i h / side) .. ceil((i + 1) h / side))."""
+  n, height, width, channels = features.shape
+  if side >= height and side >= width:
+    return features
+  def bounds(length):
+    return [(i * length // side, -(-(i + 1) * length // side)) for i in range(side)]
+  rows = [np.stack([features[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, c1 in bounds(width)],
+                   axis=1) for r0, r1 in bounds(height)]
+  return np.stack(rows, axis=1).reshape(n, side, side, channels)
+
+
+def head_pool_side(feature_shape: Sequence[int], train_size: int, num_classes: int,
+                   max_params_per_example: float) -> int:
+  """The largest pooled side s (<= the feature map's) at which the linear head, (s^2 C + 1) K
+  parameters, has at most `max_params_per_example` per training example; 1 if none does.
+
+  Decided from public quantities only (N, classes, image shape). Why: the noise DP-SGD adds has
+  norm ~ sigma C sqrt(P) against a signal <= C B, so a head with many parameters per example
+  drowns (RetinaMNIST at 7x7: 60k parameters for 1,080 images). The bound 4 is where ScatterNet +
+  linear is known to work: Tramer & Boneh's CIFAR-10 head has 3.1 per example (243 x 8 x 8 x 10
+  for 50,000), PneumoniaMNIST's 3.3 (81 x 7 x 7 x 2 for 2,428)."""
+  height, width, channels = feature_shape
+  for side in range(max(height, width), 0, -1):
+    pooled = min(side, height) * min(side, width) * channels
+    if (pooled + 1) * num_classes <= max_params_per_example * train_size:
+      return side
+  return 1
+
+
+def featurize(dataset: images_lib.ImageDataset, model: str,
+              max_params_per_example: float | None = None) -> images_lib.ImageDataset:
+  """Scattering features in place of pixels for the scatter_* heads (a fixed per-image map);
+  for scatter_linear, average-pooled to the side `head_pool_side` allows (another fixed
+  per-image map) when `max_params_per_example` is given."""
   if not model.startswith("scatter_"):
     return dataset
   start = time.perf_counter()
-  out = dataclasses.replace(
-      dataset, name=dataset.name + "+scatter",
-      train_images=scattering.scattering_features(dataset.train_images),
-      test_images=scattering.scattering_features(dataset.test_images),
-      val_images=scattering.scattering_features(dataset.val_images))
+  splits = {name: scattering.scattering_features(getattr(dataset, name))
+            for name in ("train_images", "test_images", "val_images")}
+  name = dataset.name + "+scatter"
+  if model == "scatter_linear" and max_params_per_example is not None:
+    side = head_pool_side(splits["train_images"].shape[1:], len(dataset.train_labels),
+                          dataset.num_classes, max_params_per_example)
+    if side < splits["train_images"].shape[1]:
+      splits = {key: average_pool(value, side) for key, value in splits.items()}
+      name += f"+pool{side}x{side}"
+  out = dataclasses.replace(dataset, name=name, **splits)
   logging.info("scattering features %s in %.1f s", out.image_shape, time.perf_counter() - start)
   return out
 
@@ -207,6 +246,56 @@ def noisy_score(noisy_counts: np.ndarray, noisy_class_sizes: np.ndarray) -> floa
   return float(np.mean(np.clip(recall, 0.0, 1.0)))
 
 
+SCORES = ("auto", "balanced_accuracy", "accuracy")
+
+
+def score_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
+                 kind: str) -> np.ndarray:
+  """The validation counts one trial releases (before noise): "balanced_accuracy":
+  [correct per class, predictions per class] (`exact_counts`); "accuracy": [correct in all,
+  predictions per class]. Either way one record moves one entry of each part by at most 1: L2
+  sensitivity sqrt 2, so both kinds cost the same and the kind may be chosen after the noisy
+  histogram is released. The prediction counts feed the collapse detector."""
+  if kind == "balanced_accuracy":
+    return exact_counts(labels, predictions, num_classes)
+  if kind == "accuracy":
+    predicted = np.bincount(predictions, minlength=num_classes)
+    return np.concatenate([[np.sum(predictions == labels)], predicted]).astype(np.float64)
+  raise ValueError(f"score kind {kind!r} is unknown; valid: balanced_accuracy, accuracy")
+
+
+def score_from_counts(noisy_counts: np.ndarray, kind: str, noisy_class_sizes: np.ndarray,
+                      val_size: int) -> float:
+  """The trial's score from its noisy counts (post-processing): balanced accuracy from the
+  per-class counts and the noisy histogram, or accuracy = noisy correct / the (public) size."""
+  if kind == "balanced_accuracy":
+    return noisy_score(noisy_counts, noisy_class_sizes)
+  return float(np.clip(noisy_counts[0] / max(val_size, 1), 0.0, 1.0))
+
+
+def predicted_counts(noisy_counts: np.ndarray, num_classes: int) -> np.ndarray:
+  return np.asarray(noisy_counts)[-num_classes:]
+
+
+def balanced_score_std(noisy_class_sizes: np.ndarray, count_std: float) -> float:
+  """The standard deviation the count noise gives the balanced-accuracy score:
+  sqrt(sum_k (std / n_k)^2) / K, with n_k the noisy class sizes floored at 1."""
+  sizes = np.maximum(np.asarray(noisy_class_sizes, np.float64), 1.0)
+  return float(np.sqrt(np.sum((count_std / sizes) ** 2)) / len(sizes))
+
+
+def choose_score(kind: str, noisy_class_sizes: np.ndarray, count_std: float,
+                 max_score_std: float) -> str:
+  """"auto": balanced accuracy where every class has enough validation images for it, judged
+  from the noisy histogram (its noise std <= `max_score_std`), else accuracy (one count: noise
+  std count_std / val size). A small many-class split (RetinaMNIST: 120 images, 5 grades, one
+  with ~12) gives per-class recalls swamped by noise; accuracy pools them."""
+  if kind != "auto":
+    return kind
+  return ("balanced_accuracy" if balanced_score_std(noisy_class_sizes, count_std) <= max_score_std
+          else "accuracy")
+
+
 # ------------------------------------------------------------------------------ the study
 
 
@@ -237,6 +326,13 @@ class TransferConfig:
   # histogram (already released and counted; the validation split has the training split's
   # class balance up to sampling); "none": unweighted.
   class_weighting: str = "none"
+  # The selection's score: "auto" (balanced accuracy where the noisy histogram says every class
+  # has enough validation images: its noise std <= max_score_std; else accuracy), or one kind.
+  score: str = "auto"
+  max_score_std: float = 0.05
+  # scatter_linear: features average-pooled so that the head has at most this many parameters
+  # per training example (head_pool_side); None: never pooled.
+  max_head_params_per_example: float | None = 4.0
   non_private: bool = True  # also the non-private reference (best of the grid on exact val)
   non_private_learning_rates: tuple[float, ...] = (1e-3, 3e-3)  # Adam, no clipping
   reproducible_private_randomness: bool = False
@@ -248,6 +344,13 @@ class TransferConfig:
   def __post_init__(self):
     if not self.target_epsilon > 0:
       raise ValueError(f"--config.target_epsilon={self.target_epsilon!r} must be > 0.")
+    if self.score not in SCORES:
+      raise ValueError(f"--config.score={self.score!r} is unknown; valid: {', '.join(SCORES)}")
+    if not self.max_score_std > 0:
+      raise ValueError(f"--config.max_score_std={self.max_score_std!r} must be > 0.")
+    if self.max_head_params_per_example is not None and not self.max_head_params_per_example > 0:
+      raise ValueError(f"--config.max_head_params_per_example={self.max_head_params_per_example!r}"
+                       " must be > 0 (or None: no pooling).")
     if self.class_weighting not in ("none", "noisy_histogram"):
       raise ValueError(f"--config.class_weighting={self.class_weighting!r} is unknown; valid: "
                        "none, noisy_histogram")
@@ -324,6 +427,8 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
   noisy_sizes = class_sizes + rng.normal(0.0, config.histogram_std, num_classes)
   weights = (inverse_frequency_weights(noisy_sizes)
              if config.class_weighting == "noisy_histogram" else None)
+  score_kind = choose_score(config.score, noisy_sizes, config.score_std, config.max_score_std)
+  val_size = len(dataset.val_labels)
   num_trials = tuning.draw_num_trials(rng, config.mean_trials, config.shape)
   candidates = config.candidates()
   # The trials never see the test split: the engine's per-run evaluation (logged to the console,
@@ -344,19 +449,22 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
       log.append({"trial": index, "recipe": dataclasses.asdict(recipe), "diverged": True})
       continue
     val_pred = probabilities(result, dataset.val_images).argmax(axis=1)
-    counts = exact_counts(dataset.val_labels, val_pred, num_classes)
+    counts = score_counts(dataset.val_labels, val_pred, num_classes, score_kind)
     noisy = counts + rng.normal(0.0, config.score_std, counts.shape)
-    score = noisy_score(noisy, noisy_sizes)
+    score = score_from_counts(noisy, score_kind, noisy_sizes, val_size)
+    exact = exact_counts(dataset.val_labels, val_pred, num_classes)
     log.append({"trial": index, "recipe": dataclasses.asdict(recipe), "noisy_score": score,
-                "exact_val_balanced_accuracy": float(np.mean(counts[:num_classes] /
-                                                             np.maximum(class_sizes, 1)))})
+                "exact_val_balanced_accuracy": float(np.mean(exact[:num_classes] /
+                                                             np.maximum(class_sizes, 1))),
+                "exact_val_accuracy": float(np.mean(val_pred == dataset.val_labels))})
     if best is None or score > best["score"]:
       best = {"score": score, "noisy_counts": noisy, "result": result, "recipe": recipe}
   if best is None:
     raise FloatingPointError("every selection trial diverged: lower --config.learning_rates.")
   result = best["result"]
   test = classification_metrics(dataset.test_labels, probabilities(result, dataset.test_images))
-  warnings = [w for w in (collapse_warning(best["noisy_counts"][num_classes:], "validation (noisy)"),
+  warnings = [w for w in (collapse_warning(predicted_counts(best["noisy_counts"], num_classes),
+                                           "validation (noisy)"),
                           collapse_warning(np.bincount(
                               probabilities(result, dataset.test_images).argmax(1),
                               minlength=num_classes), "test")) if w]
@@ -368,7 +476,8 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
       "epsilon": cost.epsilon, "delta": config.delta, "noise_multiplier": sigma,
       "sampling_rate": phase.sampling_probability, "expected_batch": phase.batch_size,
       "selected": dataclasses.asdict(best["recipe"]),
-      "selected_noisy_val_balanced_accuracy": best["score"],
+      "score": score_kind, f"selected_noisy_val_{score_kind}": best["score"],
+      "feature_shape": list(dataset.image_shape),
       "noisy_val_class_histogram": noisy_sizes.tolist(), "class_weights": weights,
       "selection": cost.to_dict(), "collapse": warnings,
       "train_size": train_size, "val_size": len(dataset.val_labels),
@@ -378,9 +487,10 @@ def run_dp_selection(config: TransferConfig, dataset: images_lib.ImageDataset,
 
 
 def run_non_private(config: TransferConfig, dataset: images_lib.ImageDataset,
-                    randomness: randomness_lib.PrivateRandomness) -> dict:
+                    randomness: randomness_lib.PrivateRandomness,
+                    score_kind: str = "balanced_accuracy") -> dict:
   """The reference: every candidate trained without privacy, the best by exact validation
-  balanced accuracy (epsilon inf; a comparison, not a release of the DP study)."""
+  `score_kind` (the DP arm's; epsilon inf; a comparison, not a release of the DP study)."""
   best = None
   val_as_test = dataclasses.replace(dataset, test_images=dataset.val_images,
                                     test_labels=dataset.val_labels)
@@ -393,8 +503,8 @@ def run_non_private(config: TransferConfig, dataset: images_lib.ImageDataset,
     result = classifier.train_classifier(run_config, dataset=val_as_test, randomness=randomness,
                                          stream=f"non-private {index}")
     val = classification_metrics(dataset.val_labels, probabilities(result, dataset.val_images))
-    if best is None or val["balanced_accuracy"] > best[0]:
-      best = (val["balanced_accuracy"], result, recipe)
+    if best is None or val[score_kind] > best[0]:
+      best = (val[score_kind], result, recipe)
   _, result, recipe = best
   probs = probabilities(result, dataset.test_images)
   test = classification_metrics(dataset.test_labels, probs)
@@ -403,6 +513,7 @@ def run_non_private(config: TransferConfig, dataset: images_lib.ImageDataset,
       "arm": "non_private", "model": config.model, "dataset": dataset.name, "seed": config.seed,
       **{f"test_{k}": v for k, v in test.items()}, "epsilon": math.inf, "delta": config.delta,
       "selected": {**dataclasses.asdict(recipe), "optimizer": "adam", "clip_norm": None},
+      "score": f"exact {score_kind}", "feature_shape": list(dataset.image_shape),
       "collapse": [warning] if warning else [],
       "train_size": len(dataset.train_labels), "val_size": len(dataset.val_labels)})}
 
@@ -410,7 +521,8 @@ def run_non_private(config: TransferConfig, dataset: images_lib.ImageDataset,
 def load(config: TransferConfig) -> images_lib.ImageDataset:
   dataset = images_lib.load_image_dataset(config.dataset, config.data_dir, resize=config.resize,
                                           seed=config.seed)
-  dataset = featurize(with_validation(dataset, config.val_fraction, config.seed), config.model)
+  dataset = featurize(with_validation(dataset, config.val_fraction, config.seed), config.model,
+                      config.max_head_params_per_example)
   return pretrained_lib.prepare(dataset, config.model, config.pretrained, config.pretrained_size)
 
 
@@ -436,7 +548,7 @@ def run(config: TransferConfig, workdir: str) -> dict:
   dp = run_dp_selection(config, dataset, randomness)
   rows = [dp["row"]]
   if config.non_private:
-    rows.append(run_non_private(config, dataset, randomness)["row"])
+    rows.append(run_non_private(config, dataset, randomness, dp["row"]["score"])["row"])
   outputs.write_json(os.path.join(report.private_dir(workdir), "selection_trials.json"),
                      dp["private"], indent=1)
   public_config = randomness_lib.redact(config.to_dict(), randomness)
@@ -493,6 +605,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.resize = ml_collections.config_dict.placeholder(int)
   c.score_noise = ml_collections.config_dict.placeholder(float)
   c.histogram_noise = ml_collections.config_dict.placeholder(float)
+  c.max_head_params_per_example = ml_collections.config_dict.placeholder(float)
+  c.max_head_params_per_example = TransferConfig.max_head_params_per_example
   c.pretrained = ml_collections.config_dict.placeholder(str)
   return c
 
