@@ -165,3 +165,107 @@ def test_class_weighted_loss_matches_a_direct_computation():
     direct = -(logits[label] - np.log(np.sum(np.exp(logits))))
     assert float(plain(params, example)) == pytest.approx(direct, rel=1e-5)
     assert float(weighted(params, example)) == pytest.approx(weight * direct, rel=1e-5)
+
+
+# ------------------------------------------------------------------ issue 16c: score and pooling
+
+
+def test_accuracy_score_counts_move_by_at_most_sqrt2_when_one_record_is_removed():
+  rng = np.random.default_rng(1)
+  labels, predictions = rng.integers(0, 5, 40), rng.integers(0, 5, 40)
+  full = transfer.score_counts(labels, predictions, 5, "accuracy")
+  assert full.shape == (6,)
+  assert full[0] == sum(1 for y, p in zip(labels, predictions) if y == p)
+  worst = 0.0
+  for i in range(40):
+    keep = np.arange(40) != i
+    moved = np.linalg.norm(full - transfer.score_counts(labels[keep], predictions[keep], 5,
+                                                        "accuracy"))
+    worst = max(worst, moved)
+  assert worst <= math.sqrt(2) + 1e-12
+  assert worst == pytest.approx(math.sqrt(2))  # a correct prediction: both parts move
+
+
+def test_scores_without_noise_are_accuracy_and_balanced_accuracy():
+  labels = np.array([0, 0, 0, 1, 2, 2]); predictions = np.array([0, 0, 1, 1, 2, 0])
+  sizes = np.bincount(labels).astype(float)
+  accuracy = transfer.score_from_counts(
+      transfer.score_counts(labels, predictions, 3, "accuracy"), "accuracy", sizes, len(labels))
+  balanced = transfer.score_from_counts(
+      transfer.score_counts(labels, predictions, 3, "balanced_accuracy"), "balanced_accuracy",
+      sizes, len(labels))
+  assert accuracy == pytest.approx(4 / 6)
+  assert balanced == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)
+  for kind in ("accuracy", "balanced_accuracy"):  # the collapse detector's part
+    counts = transfer.score_counts(labels, predictions, 3, kind)
+    assert list(transfer.predicted_counts(counts, 3)) == [3, 2, 1]
+  with pytest.raises(ValueError, match="score kind"):
+    transfer.score_counts(labels, predictions, 3, "auc")
+
+
+def test_auto_score_is_balanced_only_where_every_class_has_enough_images():
+  # the balanced score's noise std against a direct computation
+  sizes, std = np.array([52.0, 12.0, 19.0, 23.0, -3.0]), 4.0
+  direct = math.sqrt(sum((std / max(n, 1.0)) ** 2 for n in sizes)) / 5
+  assert transfer.balanced_score_std(sizes, std) == pytest.approx(direct)
+  # PneumoniaMNIST's validation split (135 per class) and digits_binary's (~108) at std 4
+  assert transfer.choose_score("auto", np.array([135.0, 135.0]), 4.0, 0.05) == "balanced_accuracy"
+  assert transfer.choose_score("auto", np.array([110.0, 106.0]), 4.0, 0.05) == "balanced_accuracy"
+  # RetinaMNIST's (120 images, 5 grades): accuracy
+  assert transfer.choose_score("auto", np.array([52.0, 12.0, 19.0, 23.0, 14.0]), 4.0,
+                               0.05) == "accuracy"
+  assert transfer.choose_score("balanced_accuracy", np.array([5.0, 1.0]), 4.0,
+                               0.05) == "balanced_accuracy"
+  config = transfer.default_config()
+  config.score = "auc"
+  with pytest.raises(ValueError, match="--config.score"):
+    transfer.from_config_dict(config)
+
+
+def test_both_score_kinds_cost_what_dp_accounting_says_directly():
+  """The selection's epsilon (whatever score kind "auto" picks) equals dp_accounting's own
+  computation of best-of-K (Papernot & Steinke) over DP-SGD + a Gaussian of std s on a
+  sensitivity-sqrt(2) vector, composed with the Gaussian histogram."""
+  from dp_accounting import dp_event  # pylint: disable=import-outside-toplevel
+  from dp_accounting.rdp import rdp_privacy_accountant  # pylint: disable=import-outside-toplevel
+  from dpjax import tuning  # pylint: disable=import-outside-toplevel
+  config = transfer.TransferConfig(target_epsilon=8.0)
+  phase = transfer._phase(config, 1080, 1.5)  # pylint: disable=protected-access
+  trial = tuning.trial_event([phase], transfer._score_event(config))  # pylint: disable=protected-access
+  ours = tuning.selection_cost(trial, config.mean_trials, config.shape, config.delta,
+                               extra=[transfer._histogram_event(config)]).epsilon  # pylint: disable=protected-access
+  direct_trial = dp_event.ComposedDpEvent([
+      dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(
+          256 / 1080, dp_event.GaussianDpEvent(1.5)), 300),
+      dp_event.GaussianDpEvent(config.score_std / math.sqrt(2))])
+  accountant = rdp_privacy_accountant.RdpAccountant(orders=list(tuning.RDP_ORDERS))
+  accountant.compose(dp_event.RepeatAndSelectDpEvent(direct_trial, 3.0, 1.0))
+  accountant.compose(dp_event.GaussianDpEvent(config.histogram_std))
+  assert ours == pytest.approx(accountant.get_epsilon(config.delta), rel=1e-9)
+
+
+def test_average_pool_matches_a_loop():
+  rng = np.random.default_rng(0)
+  features = rng.random((2, 7, 7, 3))
+  pooled = transfer.average_pool(features, 3)
+  windows = [(0, 3), (2, 5), (4, 7)]  # floor(i 7 / 3) .. ceil((i + 1) 7 / 3)
+  for i, (r0, r1) in enumerate(windows):
+    for j, (c0, c1) in enumerate(windows):
+      for n in range(2):
+        for c in range(3):
+          assert pooled[n, i, j, c] == pytest.approx(np.mean(features[n, r0:r1, c0:c1, c]))
+  assert np.allclose(transfer.average_pool(features, 1)[:, 0, 0], features.mean(axis=(1, 2)))
+  assert transfer.average_pool(features, 7) is features
+
+
+def test_head_pool_side_keeps_the_head_within_its_parameter_budget():
+  # PneumoniaMNIST 28x28x1 -> 7x7x81, 2,428 images, 2 classes: (3969 + 1) 2 <= 4 x 2428: kept
+  assert transfer.head_pool_side((7, 7, 81), 2428, 2, 4.0) == 7
+  # digits_binary 8x8 -> 2x2x81, 1,221 images: kept
+  assert transfer.head_pool_side((2, 2, 81), 1221, 2, 4.0) == 2
+  # RetinaMNIST 28x28x3 -> 7x7x243, 1,080 images, 5 classes: 2x2 needs 4,865 > 4,320 -> 1x1
+  assert transfer.head_pool_side((7, 7, 243), 1080, 5, 4.0) == 1
+  for n in (50, 500, 5000, 50000):
+    side = transfer.head_pool_side((7, 7, 243), n, 10, 4.0)
+    assert side == 1 or (side * side * 243 + 1) * 10 <= 4.0 * n
+    assert side == 7 or ((side + 1) ** 2 * 243 + 1) * 10 > 4.0 * n
