@@ -4,7 +4,10 @@
 
 Groups rows by (dataset, model, arm, selection) and prints one markdown line per group: test
 accuracy, balanced accuracy, ROC AUC, sensitivity, specificity (in %, mean +- sample sd), the
-majority rate, epsilon (max over seeds) and how many seeds collapsed.
+majority rate, epsilon (max over seeds) and how many seeds collapsed. Then the must-show check
+per dataset and model: the DP arm's mean test accuracy against the non-private reference's
+(within `MAX_GAP` points) and against the test majority rate (above by at least `MIN_MARGIN`
+points, read here as a clear margin), over the seeds both arms have.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import numpy as np
 from experiments.common import outputs
 
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+MAX_GAP = 5.0  # points of test accuracy the DP arm may lose to the non-private reference
+MIN_MARGIN = 5.0  # points above the majority rate that count as a clear margin
 
 
 def _group_key(row: dict) -> tuple:
@@ -51,5 +56,41 @@ def table(workdirs: Sequence[str]) -> str:
   return outputs.markdown_table(lines)
 
 
+def must_show(workdirs: Sequence[str]) -> str:
+  """Per (dataset, model, DP arm and selection): DP vs non-private test accuracy and the margin
+  over the majority rate, in points of mean accuracy, with per-seed values and a verdict."""
+  by_key: dict[tuple, dict] = {}
+  for workdir in workdirs:
+    rows = outputs.read_json(os.path.join(workdir, "results.json"))["rows"]
+    reference = [r for r in rows if r["arm"] == "non_private"]
+    for row in rows:
+      if row["arm"] == "non_private" or not reference:
+        continue
+      key = _group_key(row)
+      entry = by_key.setdefault(key, {"dp": [], "ref": [], "majority": [], "epsilon": []})
+      entry["dp"].append(100 * row["test_accuracy"])
+      entry["ref"].append(100 * reference[0]["test_accuracy"])
+      entry["majority"].append(100 * row["test_majority_rate"])
+      entry["epsilon"].append(float(row["epsilon"]))
+  lines = []
+  for (dataset, model, arm, how), entry in by_key.items():
+    dp, ref = np.mean(entry["dp"]), np.mean(entry["ref"])
+    majority = np.mean(entry["majority"])
+    gap, margin = ref - dp, dp - majority
+    lines.append({
+        "dataset": dataset, "model": model, "arm": f"{arm}, {how}", "seeds": len(entry["dp"]),
+        "DP acc": _cell(np.asarray(entry["dp"]) / 100),
+        "DP per seed": ", ".join(f"{v:.1f}" for v in entry["dp"]),
+        "non-private acc": _cell(np.asarray(entry["ref"]) / 100),
+        "gap": f"{gap:.1f}", "majority": f"{majority:.1f}", "margin": f"{margin:+.1f}",
+        "epsilon (max)": f"{max(entry['epsilon']):.3g}",
+        "met": ("yes" if gap <= MAX_GAP and margin >= MIN_MARGIN and len(entry["dp"]) >= 3
+                else "no")})
+  return outputs.markdown_table(lines)
+
+
 if __name__ == "__main__":
-  print(table([path for path in sys.argv[1:] if os.path.exists(os.path.join(path, "results.json"))]))
+  found = [path for path in sys.argv[1:] if os.path.exists(os.path.join(path, "results.json"))]
+  print(table(found))
+  print()
+  print(must_show(found))

@@ -269,3 +269,24 @@ def test_head_pool_side_keeps_the_head_within_its_parameter_budget():
     side = transfer.head_pool_side((7, 7, 243), n, 10, 4.0)
     assert side == 1 or (side * side * 243 + 1) * 10 <= 4.0 * n
     assert side == 7 or ((side + 1) ** 2 * 243 + 1) * 10 > 4.0 * n
+
+
+def test_must_show_table_pairs_dp_with_its_reference(tmp_path):
+  from experiments.classify import transfer_table  # pylint: disable=import-outside-toplevel
+  from experiments.common import outputs  # pylint: disable=import-outside-toplevel
+  paths = []
+  for seed, (dp, ref) in enumerate([(0.50, 0.52), (0.52, 0.53), (0.48, 0.54)]):
+    common = {"dataset": "toy", "model": "m", "seed": seed, "test_majority_rate": 0.435,
+              **{f"test_{m}": 0.5 for m in transfer_table.METRICS}}
+    rows = [{**common, "arm": "dp_eps8", "test_accuracy": dp, "epsilon": 7.99,
+             "selection": {"mean_trials": 3.0}},
+            {**common, "arm": "non_private", "test_accuracy": ref, "epsilon": "inf"}]
+    path = tmp_path / f"s{seed}"
+    outputs.write_json(str(path / "results.json"), {"rows": rows})
+    paths.append(str(path))
+  text = transfer_table.must_show(paths)
+  line = [l for l in text.splitlines() if l.startswith("| toy")][0]
+  cells = [c.strip() for c in line.strip("|").split("|")]
+  assert cells[4] == "50.0 +- 2.0" and cells[5] == "50.0, 52.0, 48.0"
+  assert cells[7] == "3.0" and cells[9] == "+6.5" and cells[-1] == "yes"
+  assert "no" in transfer_table.must_show(paths[:2]).splitlines()[-1]  # two seeds are not three
