@@ -369,6 +369,22 @@ def _patch_parts(layer: Layer, x: jax.Array, batch_size: int) -> list[jax.Array]
   return parts
 
 
+GRAM, MATERIALIZE = "gram", "materialize"
+
+
+def norm_strategy(positions: int, patch_features: int, out_features: int) -> str:
+  """How a layer with T positions finds ||a_i^T g_i||: GRAM or MATERIALIZE, by estimated cost.
+
+  Gram: sum_ts (a_t.a_s)(g_t.g_s), ~ B T^2 (p + o) multiply-adds and no p x o array per
+  example; materialise: a_i^T g_i, ~ B T p o, which is then reused for the clipped sum. The
+  one with fewer multiply-adds wins ("mixed ghost clipping", Bu et al. 2022). Per-layer timings
+  on XLA CPU (session 5, experiments/benchmark/README.md) agreed with this estimate on the
+  CIFAR CNN's four layers at batch 128.
+  """
+  t, p, o = positions, patch_features, out_features
+  return GRAM if t * (p + o) < p * o else MATERIALIZE
+
+
 def _zero_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
   return jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0)
 
@@ -409,7 +425,7 @@ class _LayerGrads:
       self.kernel_sq = a_sq * jnp.sum(g[:, 0] ** 2, axis=1)
       self.parts = [a]
       self.rows_finite = jnp.all(jnp.isfinite(a_sq))
-    elif t * (p + o) < p * o:  # the Gram form is cheaper than forming a_i^T g_i
+    elif norm_strategy(t, p, o) == GRAM:
       gram_a = sum(jnp.einsum("btc,bsc->bts", a, a, precision=HIGHEST) for a in parts)
       gram_g = jnp.einsum("bto,bso->bts", g, g, precision=HIGHEST)
       self.kernel_sq = jnp.sum(gram_a * gram_g, axis=(1, 2))
