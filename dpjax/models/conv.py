@@ -120,8 +120,8 @@ def patch_weight_grad(x, g, kernel_shape, strides, pads, precision=None):
   """The kernel gradient as one product per kernel offset, slice^T g, stacked.
 
   Equal to patch_matrix(x)^T g, but without the copy into one (N * T, prod(kernel) * C_in)
-  matrix: on XLA CPU the prod(kernel) products of the slices took 0.5-1.07x the time of the
-  one product with the stacked matrix on the CNN and ResNet-18 layers timed (session 5).
+  matrix: on XLA CPU the prod(kernel) products of the slices took 0.34-1.07x the time of
+  the one product with the stacked matrix on the CNN and ResNet-18 layers timed (session 5).
   """
   g_matrix = g.reshape(-1, g.shape[-1])
   blocks = [jnp.dot(part.reshape(-1, part.shape[-1]).T, g_matrix, precision=precision)
