@@ -73,22 +73,41 @@ def body_params(flat: dict[str, np.ndarray]):
       {key: jnp.asarray(value) for key, value in flat.items()}, sep="/")
 
 
+def architecture(flat: dict[str, np.ndarray]) -> dict:
+  """`num_filters` and `stage_sizes` of the network a converted file holds (torchvision's
+  resnet18: 64 and (2, 2, 2, 2)); narrower or shallower files (the tests' small ones, or a
+  network pretrained on public data with dpjax) build the matching model."""
+  blocks: dict[int, set[str]] = {}
+  for key in flat:
+    first = key.split("/")[0]
+    if first.startswith("stage") and "_block" in first:
+      stage = int(first[len("stage"):first.index("_block")])
+      blocks.setdefault(stage, set()).add(first)
+  return {"num_filters": int(flat["stem_conv/kernel"].shape[-1]),
+          "stage_sizes": tuple(len(blocks[stage]) for stage in sorted(blocks))}
+
+
 @functools.lru_cache(maxsize=4)
-def _features_fn(num_classes: int):
-  model = PretrainedResNet18(num_classes=num_classes)
+def _features_fn(num_classes: int, num_filters: int, stage_sizes: tuple[int, ...]):
+  model = PretrainedResNet18(num_classes=num_classes, num_filters=num_filters,
+                             stage_sizes=stage_sizes)
   return jax.jit(lambda params, x: model.apply({"params": params}, x, method=model.features))
 
 
 def resnet18_features(flat: dict[str, np.ndarray], images: np.ndarray, *,
                       batch_size: int = 128) -> np.ndarray:
   """(N, H, W, 3) inputs already pre-processed (torchvision_import.imagenet_inputs) ->
-  (N, 1, 1, 512) float32 pooled features of the frozen body, computed per image."""
+  (N, 1, 1, 512) float32 pooled features of the frozen body, computed per image (512 for
+  torchvision's ResNet-18; the file's last stage width in general)."""
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"resnet18_features needs NHWC RGB inputs, got shape {images.shape}")
   params = body_params(flat)
-  apply = _features_fn(int(flat["head/bias"].shape[0]))
+  shape = architecture(flat)
+  apply = _features_fn(int(flat["head/bias"].shape[0]), shape["num_filters"],
+                       shape["stage_sizes"])
+  width = shape["num_filters"] * 2 ** (len(shape["stage_sizes"]) - 1)  # 512 for ResNet-18
   parts = [np.asarray(apply(params, images[start:start + batch_size]))
            for start in range(0, len(images), batch_size)]
-  out = np.concatenate(parts) if parts else np.zeros((0, FEATURES), np.float32)
-  return out.reshape(len(images), 1, 1, FEATURES).astype(np.float32)
+  out = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+  return out.reshape(len(images), 1, 1, width).astype(np.float32)

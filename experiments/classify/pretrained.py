@@ -63,9 +63,11 @@ def prepare(dataset: images_lib.ImageDataset, model: str, path: str | None,
 
 
 def classifier_overrides(model: str, path: str | None) -> dict:
-  """ClassifierConfig fields for one run: fine-tuning starts from the converted weights."""
+  """ClassifierConfig fields for one run: fine-tuning starts from the converted weights, in a
+  network of the file's width and depth (torchvision's resnet18: the registry's defaults)."""
   if model == FINETUNE:
-    return {"init_weights": path, "keep_init": ("head",)}
+    shape = pretrained_lib.architecture(pretrained_lib.load_converted(path))
+    return {"init_weights": path, "keep_init": ("head",), "model_kwargs": shape}
   return {}
 
 
