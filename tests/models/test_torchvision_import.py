@@ -224,7 +224,7 @@ def test_command_line_converts_a_file(torch_npz, tmp_path):
        f"--out={out}"], capture_output=True, text=True, check=False, timeout=300,
       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
   assert done.returncode == 0, done.stderr[-2000:]
-  assert "61 arrays" in done.stdout or "arrays" in done.stdout
+  assert "62 arrays, 10 classes" in done.stdout
   with np.load(out) as arrays:
     assert arrays["head/kernel"].shape == (512, 10)
   missing = subprocess.run(
