@@ -565,7 +565,8 @@ def run(config: TransferConfig, workdir: str) -> dict:
                  "validation class histogram"),
       selection=cost.to_dict(), selected=dp["row"]["selected"],
       noise_multiplier=dp["row"]["noise_multiplier"],
-      sampling_rate=dp["row"]["sampling_rate"], score_noise=config.score_std,
+      sampling_rate=dp["row"]["sampling_rate"], score=dp["row"]["score"],
+      feature_shape=dp["row"]["feature_shape"], score_noise=config.score_std,
       histogram_noise=config.histogram_std, phases=[dataclasses.asdict(p)
                                                       for p in dp["ledger"].phases])
   paths = report.write_privacy_report(workdir, [release], randomness,

@@ -143,6 +143,9 @@ def test_tiny_run_end_to_end_releases_only_dp_outputs(tmp_path):
   report = json.load(open(tmp_path / "run" / "privacy_report.json"))
   assert report["releases"][0]["epsilon"] == pytest.approx(dp_row["epsilon"])
   assert "Papernot" in report["releases"][0]["selection"]["theorem"]
+  # digits_binary: ~108 validation images per class -> balanced accuracy; 2x2 maps kept
+  assert report["releases"][0]["score"] == dp_row["score"] == "balanced_accuracy"
+  assert report["releases"][0]["feature_shape"] == [2, 2, 81]
   assert os.path.exists(tmp_path / "run" / "privacy_report.md")
 
 
