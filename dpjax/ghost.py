@@ -73,6 +73,17 @@ def _conv_types() -> tuple[type, ...]:
   return (nn.Conv, *_extra_conv_types)
 
 
+_extra_norm_types: list[type] = []
+
+
+def register_norm_type(cls: type) -> None:
+  """Declares a custom Flax module as a per-example affine norm: params `scale` and `bias` of
+  shape (C,), fields `use_scale` and `use_bias`, and y = xhat * scale + bias where xhat is the
+  module's output with use_scale=use_bias=False (e.g. dpjax.models.resnet.FrozenBatchNorm)."""
+  if cls not in _extra_norm_types:
+    _extra_norm_types.append(cls)
+
+
 def _tuple(value, n: int) -> tuple[int, ...]:
   if value is None:
     value = 1
@@ -101,7 +112,7 @@ def _layer_kind(module: nn.Module, args, kwargs) -> str | None:
     if isinstance(padding, str) and padding not in ("SAME", "VALID"):
       return None
     return CONV
-  if type(module) is nn.GroupNorm:
+  if type(module) is nn.GroupNorm or type(module) in _extra_norm_types:
     return NORM
   if type(module) is nn.LayerNorm and module.feature_axes in (-1, (-1,)):
     return NORM

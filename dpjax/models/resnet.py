@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dpjax import ghost
 from dpjax.models import conv as conv_lib
 from dpjax.models.weights import load_params, save_params  # pylint: disable=unused-import
 
@@ -58,12 +59,21 @@ class FrozenBatchNorm(nn.Module):
   outright, see `norm_factory`).
   """
 
+  use_scale: bool = True  # both False: the identity (ghost clipping's "normalised input")
+  use_bias: bool = True
+
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     channels = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-    return x * scale.astype(x.dtype) + bias.astype(x.dtype)
+    if self.use_scale:
+      x = x * self.param("scale", nn.initializers.ones, (channels,), jnp.float32).astype(x.dtype)
+    if self.use_bias:
+      x = x + self.param("bias", nn.initializers.zeros, (channels,), jnp.float32).astype(x.dtype)
+    return x
+
+
+# Ghost clipping forms its per-example scale and bias gradients exactly, as for GroupNorm.
+ghost.register_norm_type(FrozenBatchNorm)
 
 
 def norm_factory(norm: str | NormFactory, num_groups: int = 32) -> NormFactory:

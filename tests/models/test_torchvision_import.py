@@ -4,6 +4,7 @@ pre-processing, and (slow) the transfer study's probe and fine-tune modes end to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -90,6 +91,30 @@ def test_frozen_batchnorm_keeps_examples_independent():
     resnet.ResNet18(num_classes=3, norm="batchnorm")
   with pytest.raises(ValueError, match="unknown stem"):
     resnet.ResNet18(num_classes=3, stem="imagnet")
+
+
+def test_ghost_clipping_of_frozen_batchnorm_equals_vmap():
+  """FrozenBatchNorm is registered with ghost clipping (scale and bias gradients per example,
+  formed exactly), so a frozen-BN ResNet keeps the ghost path, and it equals vmap."""
+  from dpjax import clipping, ghost  # pylint: disable=import-outside-toplevel
+  from tests import test_ghost  # pylint: disable=import-outside-toplevel
+  model = resnet.ResNet(stage_sizes=(1, 1), num_classes=3, num_filters=4, stem="imagenet",
+                        norm="frozen_batchnorm", conv_lowering="native")
+  rng = np.random.default_rng(1)
+  params = {"params": jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(0.3, 0.5, s.shape), jnp.float32),
+      registry.param_shapes(model, (16, 16, 3)))}
+  x = jnp.asarray(rng.normal(size=(5, 16, 16, 3)), jnp.float32).at[2].set(jnp.nan)
+  batch = {"x": x, "y": jnp.asarray([0, 1, 2, 1, 0])}
+  mask = jnp.arange(5) < 4  # one padding example; one NaN example contributes zero
+  loss_fn = test_ghost.classification_loss(model)
+  plan, reason = ghost.make_plan(loss_fn, params, jax.tree.map(lambda v: v[0], batch))
+  assert plan is not None, reason
+  assert sum(layer.kind == ghost.NORM for layer in plan.layers) == 6  # stem 1, blocks 2 + 3
+  config = clipping.ClippingConfig(clip_norm=0.5)
+  reference = test_ghost.run(loss_fn, params, batch, mask, config)
+  result = test_ghost.run(loss_fn, params, batch, mask, dataclasses.replace(config, method="ghost"))
+  test_ghost.assert_same(reference, result, rtol=1e-4, atol=1e-5)
 
 
 def test_default_resnet_keeps_its_parameter_names():
