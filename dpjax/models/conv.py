@@ -53,20 +53,22 @@ def cpu_lowering(spatial: Sequence[int], out_spatial: Sequence[int], in_channels
     product in the forward pass and the input gradient, and slower in the weight gradient.
   * 4x4 maps with >= 256 input channels: the patch product is ~1.8x faster forward and for
     the input gradient; the weight gradient is even.
-  * Weight gradient: inputs of >= 1024 positions (32x32 maps, whatever the channels or stride:
-    the CIFAR CNN's and ResNet-18's input conv, ResNet-18's first stage and its stride-2 exit),
-    or >= 128 input channels on maps of 8x8 or more: XLA's weight gradient was 1.25-3x slower
-    than the per-offset products (`patch_weight_grad`); forward and input gradient are faster
-    native (session 5 timings at batch 32 and 128, experiments/benchmark/README.md).
-  Elsewhere (<= 64 input channels on 8x8-16x16 maps) the native convolution is as fast or
-  faster.
+  * Weight gradient on >= 1024 output positions with >= 64 input channels (ResNet-18's first
+    stage at 32x32; XLA's weight gradient ~2.3x slower than the patch product per layer) or
+    with <= 4 input channels (the input conv of the CIFAR CNN: 2.3-2.8x per layer, and the
+    whole non-private CNN step 0.90-0.94x native); forward and input gradient are faster native.
+  Elsewhere the native convolution is kept, even where the weight gradient alone is faster in
+  patch form (ResNet-18's 16x16x128 and 8x8x256 layers, 1.2-1.5x): inside the non-private step
+  the per-example loss is vmapped, so a patch-form weight gradient becomes per-example products
+  summed afterwards, and the whole ResNet-18 step was slower with them (1.26x native, session 5,
+  experiments/benchmark/README.md).
   """
   largest = max(spatial)
   if largest <= 2:
     return Lowering(PATCHES, PATCHES, PATCHES)
   if largest <= 4 and in_channels >= 256:
     return Lowering(PATCHES, PATCHES, NATIVE)
-  if int(np.prod(spatial)) >= 1024 or (in_channels >= 128 and largest >= 8):
+  if int(np.prod(out_spatial)) >= 1024 and (in_channels >= 64 or in_channels <= 4):
     return Lowering(NATIVE, NATIVE, PATCHES)
   return Lowering()
 
