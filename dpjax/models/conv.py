@@ -58,10 +58,9 @@ def cpu_lowering(spatial: Sequence[int], out_spatial: Sequence[int], in_channels
     with <= 4 input channels (the input conv of the CIFAR CNN: 2.3-2.8x per layer, and the
     whole non-private CNN step 0.90-0.94x native); forward and input gradient are faster native.
   Elsewhere the native convolution is kept, even where the weight gradient alone is faster in
-  patch form (ResNet-18's 16x16x128 and 8x8x256 layers, 1.2-1.5x): inside the non-private step
-  the per-example loss is vmapped, so a patch-form weight gradient becomes per-example products
-  summed afterwards, and the whole ResNet-18 step was slower with them (1.26x native, session 5,
-  experiments/benchmark/README.md).
+  patch form (ResNet-18's 16x16x128 and 8x8x256 layers, 1.2-1.5x): the whole ResNet-18
+  non-private step was slower with them (1.26x native on a loaded machine; not explained,
+  session 5, experiments/benchmark/README.md).
   """
   largest = max(spatial)
   if largest <= 2:
