@@ -167,12 +167,15 @@ def convert_file(state_dict: str | os.PathLike, out: str | os.PathLike) -> dict[
 
 def _check_against_model(params: Mapping[str, np.ndarray], source: str) -> None:
   """The converted keys and shapes are exactly the Flax model's (so init_weights loads them)."""
-  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel  (keeps the torch-key reading free of JAX)
   import flax.traverse_util
-  from dpjax.models import registry
-  num_classes = params["head/bias"].shape[0]
-  model = registry.build_model("resnet18_finetune", num_classes)
-  shapes = flax.traverse_util.flatten_dict(registry.param_shapes(model, (64, 64, 3)), sep="/")
+  import jax
+  from dpjax.models import resnet
+  model = resnet.ResNet18(num_classes=params["head/bias"].shape[0], stem="imagenet",
+                          norm="frozen_batchnorm")  # = registry's "resnet18_finetune"
+  dummy = jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32)
+  shapes = flax.traverse_util.flatten_dict(
+      jax.eval_shape(model.init, jax.random.key(0), dummy)["params"], sep="/")
   mismatch = sorted(set(shapes) ^ set(params)) + [
       key for key in sorted(set(shapes) & set(params))
       if tuple(shapes[key].shape) != tuple(params[key].shape)]
