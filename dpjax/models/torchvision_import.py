@@ -92,13 +92,10 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], *, source: str = "s
     raise ValueError(f"{source} is not torchvision's resnet18 state dict: "
                      + "; ".join(problems) + hint)
   fc_weight, fc_bias = arrays["fc.weight"], arrays["fc.bias"]
+  num_classes = fc_weight.shape[0] if fc_weight.ndim else 0  # any number of classes
   shapes = {key: shape for key, (_, shape) in convs.items()}
   shapes.update({f"{p}.{f}": (c,) for p, (_, c) in norms.items() for f in _BN_FIELDS})
-  if fc_weight.ndim == 2:
-    shapes["fc.weight"] = (fc_weight.shape[0], WIDTHS[-1])
-    shapes["fc.bias"] = (fc_weight.shape[0],)
-  else:
-    shapes["fc.weight"] = ("classes", WIDTHS[-1])
+  shapes.update({"fc.weight": (num_classes, WIDTHS[-1]), "fc.bias": (num_classes,)})
   wrong = [f"{key}: {tuple(arrays[key].shape)}, expected {shapes[key]}"
            for key in sorted(shapes) if tuple(arrays[key].shape) != shapes[key]]
   if wrong:
