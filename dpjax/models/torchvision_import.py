@@ -201,8 +201,12 @@ def imagenet_inputs(images: np.ndarray, size: int | None) -> np.ndarray:
 def main(argv) -> None:
   del argv
   from absl import flags  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
   values = flags.FLAGS
-  params = convert_file(values.state_dict, values.out)
+  try:
+    params = convert_file(values.state_dict, values.out)
+  except (ValueError, FileNotFoundError, ImportError) as error:
+    sys.exit(f"torchvision_import: error: {error}")
   print(f"wrote {values.out}: {len(params)} arrays, {params['head/bias'].shape[0]} classes in "
         "the head; use it with --config.init_weights (model resnet18_finetune) or the transfer "
         "study's --config.pretrained")
