@@ -53,21 +53,21 @@ def cpu_lowering(spatial: Sequence[int], out_spatial: Sequence[int], in_channels
     product in the forward pass and the input gradient, and slower in the weight gradient.
   * 4x4 maps with >= 256 input channels: the patch product is ~1.8x faster forward and for
     the input gradient; the weight gradient is even.
-  * Weight gradient on >= 1024 output positions with >= 64 input channels (ResNet-18's first
-    stage at 32x32; XLA's weight gradient ~2.3x slower than the patch product per layer) or
-    with <= 4 input channels (the input conv of the CIFAR CNN: 2.3-2.8x per layer, and the
-    whole non-private CNN step 0.90-0.94x native); forward and input gradient are faster native.
+  * Weight gradient of an input conv (<= 4 input channels) on >= 1024 output positions: the
+    CIFAR CNN's first layer, 2.3-2.8x faster in patch form per layer, and the whole
+    non-private CNN step 0.90-0.94x native; forward and input gradient are faster native.
   Elsewhere the native convolution is kept, even where the weight gradient alone is faster in
-  patch form (ResNet-18's 16x16x128 and 8x8x256 layers, 1.2-1.5x): the whole ResNet-18
-  non-private step was slower with them (1.26x native on a loaded machine; not explained,
-  session 5, experiments/benchmark/README.md).
+  patch form (ResNet-18's 32x32x64 first stage, ~2.3x per layer; its 16x16x128 and 8x8x256
+  layers, 1.2-1.5x): the whole ResNet-18 non-private step (batch 32, two devices) was 1.18x
+  slower with the first stage in patch form (twice, beside a native control at 1.02) and 1.26x
+  with the other layers too; not explained (session 5, experiments/benchmark/README.md).
   """
   largest = max(spatial)
   if largest <= 2:
     return Lowering(PATCHES, PATCHES, PATCHES)
   if largest <= 4 and in_channels >= 256:
     return Lowering(PATCHES, PATCHES, NATIVE)
-  if int(np.prod(out_spatial)) >= 1024 and (in_channels >= 64 or in_channels <= 4):
+  if int(np.prod(out_spatial)) >= 1024 and in_channels <= 4:
     return Lowering(NATIVE, NATIVE, PATCHES)
   return Lowering()
 
