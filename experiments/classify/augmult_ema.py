@@ -43,11 +43,11 @@ _STEPS = flags.DEFINE_integer("steps", None, "instead of the recipe's (a smoke r
 
 def noise_multiplier(config: transfer.TransferConfig, train_size: int) -> float:
   """The sigma of the transfer study's fixed-recipe run (`mean_trials=1`) at its epsilon."""
-  phase = transfer._phase(config, train_size, 1.0)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  phase = transfer._phase(config, train_size, 1.0)
   return tuning.calibrate_training_noise(
-      config.target_epsilon, config.delta, phase,
-      transfer._score_event(config), config.mean_trials, config.shape,  # pylint: disable=protected-access
-      extra=[transfer._histogram_event(config)])  # pylint: disable=protected-access
+      config.target_epsilon, config.delta, phase, transfer._score_event(config),
+      config.mean_trials, config.shape, extra=[transfer._histogram_event(config)])
 
 
 def run_one(seed: int, augmult: int) -> dict:

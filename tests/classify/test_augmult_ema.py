@@ -64,7 +64,8 @@ def test_classifier_trains_with_both_releases_the_ema_and_resumes_it(tmp_path):
   whole = classifier.train_classifier(config, workdir=str(tmp_path / "whole"), dataset=digits)
   assert whole.to_dict()["released_params"] == "EMA of the DP iterates (decay 0.9)"
   assert whole.to_dict()["augmult"] == 2
-  assert not np.allclose(whole.params["head"]["kernel"], whole.last_iterate_params["head"]["kernel"])
+  assert not np.allclose(whole.params["head"]["kernel"],
+                         whole.last_iterate_params["head"]["kernel"])
   cut = dataclasses.replace(config, steps=3)
   classifier.train_classifier(cut, workdir=str(tmp_path / "cut"), dataset=digits)
   resumed = classifier.train_classifier(config, workdir=str(tmp_path / "cut"), dataset=digits)
