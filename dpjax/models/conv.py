@@ -51,8 +51,6 @@ def cpu_lowering(spatial: Sequence[int], out_spatial: Sequence[int], in_channels
 
   * Maps of at most 2x2 (VGG-16's last block): XLA's conv is ~100x slower than the patch
     product in the forward pass and the input gradient, and slower in the weight gradient.
-  * 4x4 maps with >= 256 input channels: the patch product is ~1.8x faster forward and for
-    the input gradient; the weight gradient is even.
   * Weight gradient of an input conv (<= 4 input channels) on >= 1024 output positions: the
     CIFAR CNN's first layer, 2.3-2.8x faster in patch form per layer, and the whole
     non-private CNN step 0.90-0.94x native; forward and input gradient are faster native.
@@ -61,12 +59,14 @@ def cpu_lowering(spatial: Sequence[int], out_spatial: Sequence[int], in_channels
   layers, 1.2-1.5x): the whole ResNet-18 non-private step (batch 32, two devices) was 1.18x
   slower with the first stage in patch form (twice, beside a native control at 1.02) and 1.26x
   with the other layers too; not explained (session 5, experiments/benchmark/README.md).
+  The 4x4 / >= 256-channel clause (forward and input gradient in patch form, ~1.3-1.8x faster per
+  layer) is withdrawn for the same reason: on the idle machine the whole non-private step with it
+  was 1.25x native on ResNet-18 (batch 32) and 1.64x on VGG-16 (batch 16), where VGG-16 with only
+  the 2x2 clause was 1.03x (`experiments/benchmark/conv_rules.py`, benchmark README).
   """
   largest = max(spatial)
   if largest <= 2:
     return Lowering(PATCHES, PATCHES, PATCHES)
-  if largest <= 4 and in_channels >= 256:
-    return Lowering(PATCHES, PATCHES, NATIVE)
   if int(np.prod(out_spatial)) >= 1024 and in_channels <= 4:
     return Lowering(NATIVE, NATIVE, PATCHES)
   return Lowering()
