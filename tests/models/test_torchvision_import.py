@@ -297,23 +297,26 @@ def _tiny_transfer(tmp_path, model, path):
   config.recipe.batch_size = 16
   config.non_private_learning_rates = (1e-3,)
   config.mean_trials = 1.0
-  config.non_private = model == "resnet18_probe"  # the reference arm's path once
+  config.non_private = False  # the reference arm's path is the transfer study's own test
   return transfer.train_and_evaluate(config, str(tmp_path / model))
 
 
 @pytest.mark.slow
-def test_tiny_probe_and_finetune_end_to_end(tmp_path, small_pretrained, monkeypatch):
+@pytest.mark.parametrize("model", ["resnet18_probe", "resnet18_finetune"])
+def test_tiny_probe_and_finetune_end_to_end(tmp_path, small_pretrained, monkeypatch, model):
   loaded = []  # the fine-tune runs start from the file, with a fresh head
   real_load = registry.load_params
   monkeypatch.setattr(registry, "load_params", lambda path, like, **kw: (
       loaded.append((str(path), kw)), real_load(path, like, **kw))[1])
-  for model in ("resnet18_probe", "resnet18_finetune"):
-    results = _tiny_transfer(tmp_path, model, small_pretrained)
-    dp_row = results["rows"][0]
-    assert dp_row["model"] == model and dp_row["epsilon"] <= 8.0 + 1e-9
-    assert math.isfinite(dp_row["test_accuracy"])
-    assert dp_row["dataset"].endswith(f"+{model}32")
-    report = json.load(open(tmp_path / model / "privacy_report.json"))
-    assert any("pretrained weights" in line for line in report["not_covered"])
-  assert results["rows"][0]["selected"]["steps"] == 2
-  assert loaded == [(str(small_pretrained), {"keep_from_like": ("head",)})]
+  results = _tiny_transfer(tmp_path, model, small_pretrained)
+  dp_row = results["rows"][0]
+  assert dp_row["model"] == model and dp_row["epsilon"] <= 8.0 + 1e-9
+  assert math.isfinite(dp_row["test_accuracy"])
+  assert dp_row["dataset"].endswith(f"+{model}32")
+  report = json.load(open(tmp_path / model / "privacy_report.json"))
+  assert any("pretrained weights" in line for line in report["not_covered"])
+  assert dp_row["selected"]["steps"] == 2
+  if model == "resnet18_finetune":
+    assert loaded == [(str(small_pretrained), {"keep_from_like": ("head",)})]
+  else:  # the probe reads the file for its features, not as initial parameters
+    assert loaded == []
