@@ -167,17 +167,16 @@ def _check_against_model(params: Mapping[str, np.ndarray], source: str) -> None:
   # pylint: disable=import-outside-toplevel  (keeps the torch-key reading free of JAX)
   import flax.traverse_util
   import jax
-  from dpjax.models import resnet
+  from dpjax.models import resnet, weights
   model = resnet.ResNet18(num_classes=params["head/bias"].shape[0], stem="imagenet",
                           norm="frozen_batchnorm")  # = registry's "resnet18_finetune"
   dummy = jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32)
   shapes = flax.traverse_util.flatten_dict(
       jax.eval_shape(model.init, jax.random.key(0), dummy)["params"], sep="/")
-  mismatch = sorted(set(shapes) ^ set(params)) + [
-      key for key in sorted(set(shapes) & set(params))
-      if tuple(shapes[key].shape) != tuple(params[key].shape)]
-  if mismatch:  # a bug in the mapping, not in the user's file
-    raise AssertionError(f"{source}: converted keys do not match the Flax model: {_few(mismatch)}")
+  try:
+    weights.check_fits(dict(params), shapes, source=f"{source} (converted)")
+  except ValueError as error:  # a bug in the mapping, not in the user's file
+    raise AssertionError(str(error)) from error
 
 
 def imagenet_inputs(images: np.ndarray, size: int | None) -> np.ndarray:

@@ -43,6 +43,35 @@ def _read_flat(path: pathlib.Path) -> dict[str, np.ndarray]:
   return flax.traverse_util.flatten_dict(state, sep=_SEPARATOR)
 
 
+def _kept(keep_from_like: Sequence[str]):
+  return lambda key: any(key == p or key.startswith(p + _SEPARATOR) for p in keep_from_like)
+
+
+def check_fits(loaded: dict, wanted: dict, *, source: str,
+               keep_from_like: Sequence[str] = ()) -> None:
+  """Refuses (ValueError naming `source`) flat arrays `loaded` that do not fit the flat model
+  tree `wanted` (arrays or shape structs): a missing key, an extra key, or another shape; keys
+  under a `keep_from_like` prefix are not required."""
+  kept = _kept(keep_from_like)
+  missing = sorted(key for key in wanted if key not in loaded and not kept(key))
+  unexpected = sorted(key for key in loaded if key not in wanted)
+  mismatched = [f"{key}: file {tuple(np.shape(loaded[key]))} vs model {tuple(wanted[key].shape)}"
+                for key in sorted(wanted)
+                if key in loaded and not kept(key)
+                and tuple(np.shape(loaded[key])) != tuple(wanted[key].shape)]
+  problems = []
+  if missing:
+    problems.append(f"missing from file: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+  if unexpected:
+    problems.append(f"not in the model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+  if mismatched:
+    problems.append("shape mismatch: " + "; ".join(mismatched[:5]))
+  if problems:
+    raise ValueError(f"{source} does not fit the model ({len(wanted)} arrays): "
+                     + " | ".join(problems)
+                     + ". Pass keep_from_like=('head',) to re-initialise a classifier head.")
+
+
 def load_params(path: str | os.PathLike, like, *, keep_from_like: Sequence[str] = ()):
   """Parameters from a local file, checked key by key against the tree `like`.
 
@@ -59,24 +88,8 @@ def load_params(path: str | os.PathLike, like, *, keep_from_like: Sequence[str] 
   wanted = _flat(like)
   if not set(wanted) & set(loaded) and all(k.startswith("params/") for k in loaded):
     loaded = {key[len("params/"):]: value for key, value in loaded.items()}
-  kept = lambda key: any(key == p or key.startswith(p + _SEPARATOR) for p in keep_from_like)
-  missing = sorted(key for key in wanted if key not in loaded and not kept(key))
-  unexpected = sorted(key for key in loaded if key not in wanted)
-  mismatched = [f"{key}: file {tuple(np.shape(loaded[key]))} vs model {tuple(wanted[key].shape)}"
-                for key in sorted(wanted)
-                if key in loaded and not kept(key)
-                and tuple(np.shape(loaded[key])) != tuple(wanted[key].shape)]
-  problems = []
-  if missing:
-    problems.append(f"missing from file: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-  if unexpected:
-    problems.append(f"not in the model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-  if mismatched:
-    problems.append("shape mismatch: " + "; ".join(mismatched[:5]))
-  if problems:
-    raise ValueError(f"{path} does not fit the model ({len(wanted)} arrays): "
-                     + " | ".join(problems)
-                     + ". Pass keep_from_like=('head',) to re-initialise a classifier head.")
+  kept = _kept(keep_from_like)
+  check_fits(loaded, wanted, source=str(path), keep_from_like=keep_from_like)
   merged = {key: (wanted[key] if kept(key) else jnp.asarray(loaded[key], dtype=wanted[key].dtype))
             for key in wanted}
   return flax.traverse_util.unflatten_dict(merged, sep=_SEPARATOR)
