@@ -30,6 +30,7 @@ from dpjax import augment
 from dpjax import clipping
 from dpjax import noise
 from dpjax import parallel
+from dpjax import threefry
 
 PyTree = Any
 
@@ -85,15 +86,33 @@ def clipped_grad_sum(loss_fn, params, batch, mask, config: clipping.ClippingConf
 def dp_gradient(loss_fn, params, batch, mask, key, config: DPConfig, mesh: Mesh | None = None):
   """The privatised mean gradient of one step (float32), and its `ClipMetrics`.
 
-  With `mesh`, the per-device clipped sums are added first and the noise is drawn once from the
-  replicated `key`: the same mechanism as on one device.
+  With `mesh`, each device clips and sums its examples and adds its share of the step's one
+  noise vector (`noise.add_noise_share`: the devices' shares partition the coordinates), then
+  the sums are added: the same sum and the same noise as on one device, each device drawing
+  1/devices of the noise instead of all of it.
   """
-  summed, metrics = clipped_grad_sum(loss_fn, params, batch, mask, config.clipping, mesh)
-  grad = noise.privatize_sum(
-      key, summed, noise_multiplier=config.noise_multiplier,
-      sensitivity=config.clipping.sensitivity if config.noise_multiplier else 0.0,
-      expected_batch_size=config.expected_batch_size, mechanism=config.mechanism)
-  return grad, metrics
+  sensitivity = config.clipping.sensitivity if config.noise_multiplier else 0.0
+  if mesh is None:
+    summed, metrics = clipped_grad_sum(loss_fn, params, batch, mask, config.clipping)
+    grad = noise.privatize_sum(
+        key, summed, noise_multiplier=config.noise_multiplier, sensitivity=sensitivity,
+        expected_batch_size=config.expected_batch_size, mechanism=config.mechanism)
+    return grad, metrics
+
+  def local(params, batch, mask, key):
+    summed, metrics = clipping.clipped_grad_sum(loss_fn, parallel.device_local(params), batch,
+                                                mask, config.clipping)
+    summed = jax.tree.map(lambda s: s.astype(jnp.float32), summed)
+    if config.noise_multiplier:
+      summed = noise.add_noise_share(
+          key, summed, scale=config.noise_multiplier * sensitivity, mechanism=config.mechanism,
+          share=jax.lax.axis_index(parallel.BATCH_AXIS), shares=mesh.shape[parallel.BATCH_AXIS])
+    return jax.lax.psum((summed, metrics), parallel.BATCH_AXIS)
+  spec = PartitionSpec(parallel.BATCH_AXIS)
+  noisy, metrics = jax.shard_map(local, mesh=mesh,
+                                 in_specs=(PartitionSpec(), spec, spec, PartitionSpec()),
+                                 out_specs=PartitionSpec())(params, batch, mask, key)
+  return jax.tree.map(lambda s: s / config.expected_batch_size, noisy), metrics
 
 
 def private_metrics(m: clipping.ClipMetrics) -> dict:
@@ -112,7 +131,7 @@ def apply_gradient(optimizer: optax.GradientTransformation, state: TrainState, g
 
 def step_key(state: TrainState) -> jax.Array:
   """The noise key of the state's step: fold_in(secret base key, step), never reused."""
-  return jax.random.fold_in(state.noise_key, state.step)
+  return threefry.fold_in_any(state.noise_key, state.step)
 
 
 def _compile(step, mesh: Mesh | None, jit: bool):
@@ -141,7 +160,7 @@ _AUGMENT_TAG = 0x61756731  # "aug1"
 
 def augment_key(state: TrainState) -> jax.Array:
   """The augmentation key of the state's step (see `_AUGMENT_TAG`)."""
-  return jax.random.fold_in(step_key(state), _AUGMENT_TAG)
+  return threefry.fold_in_any(step_key(state), _AUGMENT_TAG)
 
 
 def _augmented(loss_fn, augmult: augment.Multiplicity | None):

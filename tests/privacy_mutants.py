@@ -65,38 +65,24 @@ M = Mutation
 
 # --------------------------------------------------------------------------------- the catalogue
 
-_PRIVATIZE_OLD = """\
-  summed, metrics = clipped_grad_sum(loss_fn, params, batch, mask, config.clipping, mesh)
-  grad = noise.privatize_sum(
-      key, summed, noise_multiplier=config.noise_multiplier,
-      sensitivity=config.clipping.sensitivity if config.noise_multiplier else 0.0,
-      expected_batch_size=config.expected_batch_size, mechanism=config.mechanism)
-  return grad, metrics
+_NOISE_SHARE_OLD = """\
+      summed = noise.add_noise_share(
+          key, summed, scale=config.noise_multiplier * sensitivity, mechanism=config.mechanism,
+          share=jax.lax.axis_index(parallel.BATCH_AXIS), shares=mesh.shape[parallel.BATCH_AXIS])
 """
 
 # The classic data-parallel bug: each device noises its own partial sum, then the sums are added.
-_PRIVATIZE_PER_DEVICE = """\
-  sensitivity = config.clipping.sensitivity if config.noise_multiplier else 0.0
-  if mesh is None:
-    summed, metrics = clipped_grad_sum(loss_fn, params, batch, mask, config.clipping, mesh)
-    grad = noise.privatize_sum(
-        key, summed, noise_multiplier=config.noise_multiplier, sensitivity=sensitivity,
-        expected_batch_size=config.expected_batch_size, mechanism=config.mechanism)
-    return grad, metrics
+_NOISE_ON_EVERY_DEVICE = """\
+      device_key = jax.random.fold_in(key, jax.lax.axis_index(parallel.BATCH_AXIS))
+      summed = jax.tree.map(lambda s, z: s + config.noise_multiplier * sensitivity * z, summed,
+                            noise.tree_noise(device_key, summed, config.mechanism))
+"""
 
-  def local(params, batch, mask, key):
-    summed, metrics = clipping.clipped_grad_sum(loss_fn, parallel.device_local(params), batch,
-                                                mask, config.clipping)
-    device_key = jax.random.fold_in(key, jax.lax.axis_index(parallel.BATCH_AXIS))
-    noisy = noise.privatize_sum(device_key, summed, noise_multiplier=config.noise_multiplier,
-                                sensitivity=sensitivity, expected_batch_size=1.0,
-                                mechanism=config.mechanism)
-    return jax.lax.psum((noisy, metrics), parallel.BATCH_AXIS)
-  spec = PartitionSpec(parallel.BATCH_AXIS)
-  noisy, metrics = jax.shard_map(local, mesh=mesh,
-                                 in_specs=(PartitionSpec(), spec, spec, PartitionSpec()),
-                                 out_specs=PartitionSpec())(params, batch, mask, key)
-  return jax.tree.map(lambda s: s / config.expected_batch_size, noisy), metrics
+# Shares that do not partition the coordinates: every device adds the first device's stretch.
+_NOISE_SHARES_OVERLAP = """\
+      summed = noise.add_noise_share(
+          key, summed, scale=config.noise_multiplier * sensitivity, mechanism=config.mechanism,
+          share=0, shares=mesh.shape[parallel.BATCH_AXIS])
 """
 
 CATALOGUE: tuple[Mutation, ...] = (
@@ -112,14 +98,24 @@ CATALOGUE: tuple[Mutation, ...] = (
       "  scale = noise_multiplier\n",
       ("tests/test_noise.py::test_noise_std_is_sigma_times_sensitivity_over_expected_batch[l2-1.0]",)),
     M("noise_drawn_in_bf16", "unit noise drawn in bfloat16 (quantised to 8 bits), then cast up",
-      "dpjax/noise.py",
-      "  flat = sample(key, (sum(sizes),), jnp.float32)\n",
-      "  flat = sample(key, (sum(sizes),), jnp.bfloat16).astype(jnp.float32)\n",
+      "dpjax/threefry.py",
+      "  return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)\n",
+      "  return (np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)).astype(jnp.bfloat16).astype(jnp.float32)\n",
       ("tests/test_noise.py::test_noise_is_not_quantised_to_bfloat16",)),
+    M("noise_leaves_share_one_stretch", "every leaf draws the noise vector's first stretch: leaves' noise equal",
+      "dpjax/noise.py",
+      "  noise = [sample(raw, leaf.size, offset).reshape(leaf.shape)\n",
+      "  noise = [sample(raw, leaf.size, 0).reshape(leaf.shape)\n",
+      ("tests/test_noise.py::test_leaves_get_independent_float32_noise_of_their_own_shape",)),
+    M("noise_ignores_key", "the generator encrypts the counters under a fixed key: noise is public",
+      "dpjax/threefry.py",
+      "  y0, y1 = threefry2x32(key, counter, jnp.zeros_like(counter))\n  return y0 ^ y1\n",
+      "  y0, y1 = threefry2x32(jnp.zeros(2, jnp.uint32), counter, jnp.zeros_like(counter))\n  return y0 ^ y1\n",
+      ("tests/test_noise.py::test_noise_depends_on_key_and_step",)),
     # ------------------------------------------------------------ the DP step (dpjax/train.py)
     M("noise_key_reused_across_steps", "step_key returns the base key: every step adds the same noise",
       "dpjax/train.py",
-      "  return jax.random.fold_in(state.noise_key, state.step)\n",
+      "  return threefry.fold_in_any(state.noise_key, state.step)\n",
       "  return state.noise_key\n",
       ("tests/test_train.py::test_noise_of_successive_steps_is_fresh",)),
     M("normalised_by_realised_batch", "noisy sum divided by the realised (private) batch size",
@@ -129,11 +125,14 @@ CATALOGUE: tuple[Mutation, ...] = (
       ("tests/test_noise.py::test_noise_std_is_sigma_times_sensitivity_over_expected_batch[l2-1.0]",)),
     M("per_layer_sensitivity_ignored", "noise scaled by clip_norm, not the per-layer sqrt(sum C_g^2)",
       "dpjax/train.py",
-      "      sensitivity=config.clipping.sensitivity if config.noise_multiplier else 0.0,\n",
-      "      sensitivity=config.clipping.clip_norm if config.noise_multiplier else 0.0,\n",
+      "  sensitivity = config.clipping.sensitivity if config.noise_multiplier else 0.0\n",
+      "  sensitivity = config.clipping.clip_norm if config.noise_multiplier else 0.0\n",
       ("tests/test_noise.py::test_per_layer_noise_std_uses_the_combined_sensitivity",)),
     M("noise_on_every_device", "inside shard_map each device adds its own noise before the psum",
-      "dpjax/train.py", _PRIVATIZE_OLD, _PRIVATIZE_PER_DEVICE,
+      "dpjax/train.py", _NOISE_SHARE_OLD, _NOISE_ON_EVERY_DEVICE,
+      ("tests/test_parallel.py::test_parallel_noise_has_the_one_device_std",)),
+    M("noise_shares_overlap", "every device adds the first device's stretch of the noise",
+      "dpjax/train.py", _NOISE_SHARE_OLD, _NOISE_SHARES_OVERLAP,
       ("tests/test_parallel.py::test_parallel_noise_has_the_one_device_std",)),
     # ----------------------------------------------------- clipping (dpjax/per_example.py, ghost)
     M("sensitivity_halved", "ClippingConfig.sensitivity reports C/2 for global clipping",
@@ -164,7 +163,7 @@ CATALOGUE: tuple[Mutation, ...] = (
       ("tests/test_train.py::test_bf16_parameters_keep_the_clipping_bound",)),
     M("ghost_dense_norm_missing_input_term", "ghost Dense kernel norm ||g||^2 without the ||a||^2 factor",
       "dpjax/ghost.py",
-      "      self.kernel_sq = jnp.sum(a[:, 0] ** 2, axis=1) * jnp.sum(g[:, 0] ** 2, axis=1)\n",
+      "      self.kernel_sq = a_sq * jnp.sum(g[:, 0] ** 2, axis=1)\n",
       "      self.kernel_sq = jnp.sum(g[:, 0] ** 2, axis=1)\n",
       ("tests/test_ghost.py::test_ghost_equals_vmap[mlp-0.3]",)),
     M("ghost_gram_norm_missing_cross_terms", "ghost conv norm (Gram form) keeps only the t = s terms",

@@ -90,3 +90,30 @@ def test_per_layer_noise_std_uses_the_combined_sensitivity():
                                                 k, config))(jax.random.PRNGKey(4))
   sample = np.concatenate([np.asarray(leaf) for leaf in jax.tree.leaves(grad)])
   assert sample.std() == pytest.approx(2.0 * 0.5 / 10.0, rel=0.02)
+
+
+@pytest.mark.parametrize("shares", [1, 2, 3, 4])
+@pytest.mark.parametrize("mechanism", ["gaussian", "laplace"])
+def test_device_shares_add_up_to_the_one_device_noise(shares, mechanism):
+  """Data parallelism: device d adds its stretch of the noise to its partial sum; summed over
+  the devices, every coordinate carries the one-device noise exactly once (odd leaf sizes, a
+  leaf smaller than the number of devices)."""
+  tree = {"a": jnp.zeros((7, 5)), "b": jnp.zeros((1,)), "c": jnp.zeros((13,))}
+  key = jax.random.PRNGKey(11)
+  total = jax.tree.map(jnp.zeros_like, tree)
+  for share in range(shares):
+    part = noise.add_noise_share(key, tree, scale=2.0, mechanism=mechanism, share=jnp.int32(share),
+                                 shares=shares)
+    total = jax.tree.map(jnp.add, total, part)
+  expected = noise.tree_noise(key, tree, mechanism)
+  for name in tree:
+    np.testing.assert_allclose(total[name], 2.0 * expected[name], rtol=1e-6, atol=1e-6)
+
+
+def test_device_shares_with_another_prng_add_the_noise_once():
+  tree = {"a": jnp.zeros((9,))}
+  key = jax.random.key(4, impl="rbg")
+  parts = [noise.add_noise_share(key, tree, scale=1.0, mechanism="gaussian", share=share, shares=3)
+           for share in range(3)]
+  np.testing.assert_allclose(sum(p["a"] for p in parts), noise.tree_noise(key, tree, "gaussian")["a"],
+                             rtol=1e-6)

@@ -80,12 +80,17 @@ SCRIPT = textwrap.dedent("""
     # Zero gradients: after one SGD(1) step the parameters are -noise / B; their spread must be
     # sigma * C / B (noise once), not sqrt(devices) times it (noise on every device).
     zero_loss = lambda p, ex: 0.0 * jnp.sum(p["w"]) * jnp.sum(ex["x"])
-    wide = {"w": jnp.zeros((20000,))}
+    wide = {"w": jnp.zeros((20001,)), "v": jnp.zeros((3,))}  # not multiples of the 4 devices
     config = train.DPConfig(clipping.ClippingConfig(clip_norm=2.0), 1.5, 4.0)
     step = train.make_dp_step(zero_loss, optax.sgd(1.0), config, mesh)
-    state = parallel.replicate(train.init_state(wide, optax.sgd(1.0), jax.random.key(9)), mesh)
+    state = parallel.replicate(train.init_state(dict(wide), optax.sgd(1.0), jax.random.key(9)), mesh)
     state, _ = step(state, *parallel.shard_batch({"x": x}, mask, mesh))
     out["zero_grad_noise_std"] = float(jnp.std(state.params["w"]))
+    one = train.make_dp_step(zero_loss, optax.sgd(1.0), config)
+    fresh_wide = jax.tree.map(jnp.zeros_like, wide)  # the parallel step donated `wide`
+    one_state, _ = one(train.init_state(fresh_wide, optax.sgd(1.0), jax.random.key(9)), {"x": x}, mask)
+    out["noise_vs_one_device"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                                     zip(jax.tree.leaves(state.params), jax.tree.leaves(one_state.params)))
     print("RESULT" + json.dumps(out))
 """)
 
@@ -130,6 +135,11 @@ def test_a_process_passing_more_than_its_share_is_refused(four_device_result):
 def test_parallel_noise_has_the_one_device_std(four_device_result):
   """sigma * C / B = 1.5 * 2 / 4 = 0.75; noise on each of 4 devices would give 1.5."""
   assert four_device_result["zero_grad_noise_std"] == pytest.approx(0.75, rel=0.03)
+
+
+def test_each_device_draws_its_share_of_the_one_device_noise(four_device_result):
+  """The devices' noise shares partition the coordinates: together exactly one device's noise."""
+  assert four_device_result["noise_vs_one_device"] < 1e-6
 
 
 def test_nonprivate_four_devices_equal_one_device(four_device_result):
