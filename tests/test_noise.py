@@ -12,6 +12,13 @@ from dpjax import train
 NUM_COORDS = 200_000  # std estimated to about 0.3%: a 10% error in sigma or in the divisor fails
 
 
+@pytest.fixture(params=["unrolled", "jax_random"])
+def generator(request, monkeypatch):
+  """Both noise generators, whatever the tree's size (`noise.UNROLLED_MIN_SIZE` picks one)."""
+  monkeypatch.setattr(noise, "UNROLLED_MIN_SIZE", 0 if request.param == "unrolled" else 2 ** 62)
+  return request.param
+
+
 def zero_grad_loss(params, example):
   return 0.0 * jnp.sum(params["w"]) * jnp.sum(example)
 
@@ -50,7 +57,7 @@ def test_noise_is_added_once_not_per_example():
   assert stds[1] == pytest.approx(stds[0], rel=0.03)
 
 
-def test_noise_depends_on_key_and_step():
+def test_noise_depends_on_key_and_step(generator):
   tree = {"a": jnp.zeros(10)}
   a = noise.tree_noise(jax.random.PRNGKey(0), tree, "gaussian")
   b = noise.tree_noise(jax.random.PRNGKey(0), tree, "gaussian")
@@ -59,7 +66,7 @@ def test_noise_depends_on_key_and_step():
   assert not np.allclose(a["a"], c["a"])
 
 
-def test_leaves_get_independent_float32_noise_of_their_own_shape():
+def test_leaves_get_independent_float32_noise_of_their_own_shape(generator):
   """Noise is float32 even for a bf16 leaf: bf16 noise would be quantised to 8 bits."""
   tree = {"a": jnp.zeros((300, 40)), "b": jnp.zeros((300, 40)), "c": jnp.zeros((7,), jnp.bfloat16)}
   z = noise.tree_noise(jax.random.PRNGKey(3), tree, "gaussian")
@@ -70,7 +77,7 @@ def test_leaves_get_independent_float32_noise_of_their_own_shape():
     assert leaf.std() == pytest.approx(1.0, rel=0.03) and abs(leaf.mean()) < 0.03
 
 
-def test_noise_is_not_quantised_to_bfloat16():
+def test_noise_is_not_quantised_to_bfloat16(generator):
   """float32 noise, not bfloat16 draws cast up: those would all be exactly bf16-representable
   (8 bits of mantissa), and noise on a coarse grid no longer has the Gaussian's guarantee."""
   z = np.asarray(noise.tree_noise(jax.random.PRNGKey(5), jnp.zeros(20_000), "gaussian"))
@@ -94,7 +101,7 @@ def test_per_layer_noise_std_uses_the_combined_sensitivity():
 
 @pytest.mark.parametrize("shares", [1, 2, 3, 4])
 @pytest.mark.parametrize("mechanism", ["gaussian", "laplace"])
-def test_device_shares_add_up_to_the_one_device_noise(shares, mechanism):
+def test_device_shares_add_up_to_the_one_device_noise(shares, mechanism, generator):
   """Data parallelism: device d adds its stretch of the noise to its partial sum; summed over
   the devices, every coordinate carries the one-device noise exactly once (odd leaf sizes, a
   leaf smaller than the number of devices)."""

@@ -80,7 +80,8 @@ SCRIPT = textwrap.dedent("""
     # Zero gradients: after one SGD(1) step the parameters are -noise / B; their spread must be
     # sigma * C / B (noise once), not sqrt(devices) times it (noise on every device).
     zero_loss = lambda p, ex: 0.0 * jnp.sum(p["w"]) * jnp.sum(ex["x"])
-    wide = {"w": jnp.zeros((20001,)), "v": jnp.zeros((3,))}  # not multiples of the 4 devices
+    # Not multiples of the 4 devices, and above noise.UNROLLED_MIN_SIZE: each device draws a share.
+    wide = {"w": jnp.zeros((70001,)), "v": jnp.zeros((3,))}
     config = train.DPConfig(clipping.ClippingConfig(clip_norm=2.0), 1.5, 4.0)
     step = train.make_dp_step(zero_loss, optax.sgd(1.0), config, mesh)
     state = parallel.replicate(train.init_state(dict(wide), optax.sgd(1.0), jax.random.key(9)), mesh)
