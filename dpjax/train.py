@@ -3,8 +3,8 @@
 `dp_gradient` is the whole privacy mechanism of one step: clipped per-example sum (float32), noise
 added once, division by the expected batch size. `make_dp_step` wraps it with any optax optimizer
 in a single `jax.jit`. Data parallelism is a parameter (`mesh`), not another step: each device
-clips and sums its own examples, the sums are added across devices, and the noise is drawn once
-from the replicated key, exactly as on one device. The host loop that feeds it is
+clips and sums its own examples and adds its share of the step's one noise vector, and the sums
+are added across devices: the same sum and noise as on one device. The host loop that feeds it is
 `dpjax.engine`.
 
 Why `shard_map` and not plain `jit` with shardings (GSPMD): on XLA CPU (jax 0.10) the
