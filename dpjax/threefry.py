@@ -1,8 +1,7 @@
 """The secret key's expansion on the device: Threefry-2x32 with 20 rounds, written out.
 
 It is the same function as JAX's default PRNG (`jax.extend.random.threefry_2x32`; tested bit
-for bit), so `fold_in` here returns exactly `jax.random.fold_in`'s key for a raw uint32[2] key.
-Why not call JAX's: on CPU, JAX lowers threefry as a rolled `while` loop of five iterations,
+for bit). Why not call JAX's: on CPU, JAX lowers threefry as a rolled `while` loop of five iterations,
 which XLA runs kernel by kernel; drawing a linear model's 2,000 noise coordinates that way cost
 more than the model's whole non-private step (`experiments/benchmark/overhead.py`, session 6).
 Unrolled, XLA fuses the 20 rounds into one elementwise kernel, ~10x faster on CPU; on GPU/TPU JAX
@@ -43,15 +42,6 @@ def threefry2x32(key: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Arra
     x0 = x0 + schedule[(i + 1) % 3]
     x1 = x1 + schedule[(i + 2) % 3] + np.uint32(i + 1)
   return x0, x1
-
-
-def fold_in(key: jax.Array, data) -> jax.Array:
-  """`jax.random.fold_in(key, data)` for a raw uint32[2] key and a 32-bit `data`, unrolled."""
-  if isinstance(data, (int, np.integer)):
-    data = np.uint32(data)  # Python ints above 2^31 do not fit JAX's default int32
-  data = jnp.asarray(data).astype(jnp.uint32)
-  y0, y1 = threefry2x32(key, jnp.zeros((1,), jnp.uint32), data.reshape(1))
-  return jnp.concatenate([y0, y1])
 
 
 def words(key: jax.Array, size: int, offset=0) -> jax.Array:
@@ -99,11 +89,3 @@ def raw_key(key: jax.Array) -> jax.Array | None:
     return None
   return key
 
-
-def fold_in_any(key: jax.Array, data) -> jax.Array:
-  """`fold_in` for threefry keys (same result as JAX's, unrolled), `jax.random.fold_in` else."""
-  raw = raw_key(key)
-  if raw is None:
-    return jax.random.fold_in(key, data)
-  folded = fold_in(raw, data)
-  return jax.random.wrap_key_data(folded, impl="threefry2x32") if raw is not key else folded

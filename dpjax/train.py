@@ -30,7 +30,6 @@ from dpjax import augment
 from dpjax import clipping
 from dpjax import noise
 from dpjax import parallel
-from dpjax import threefry
 
 PyTree = Any
 
@@ -131,7 +130,7 @@ def apply_gradient(optimizer: optax.GradientTransformation, state: TrainState, g
 
 def step_key(state: TrainState) -> jax.Array:
   """The noise key of the state's step: fold_in(secret base key, step), never reused."""
-  return threefry.fold_in_any(state.noise_key, state.step)
+  return jax.random.fold_in(state.noise_key, state.step)
 
 
 def _compile(step, mesh: Mesh | None, jit: bool):
@@ -160,7 +159,7 @@ _AUGMENT_TAG = 0x61756731  # "aug1"
 
 def augment_key(state: TrainState) -> jax.Array:
   """The augmentation key of the state's step (see `_AUGMENT_TAG`)."""
-  return threefry.fold_in_any(step_key(state), _AUGMENT_TAG)
+  return jax.random.fold_in(step_key(state), _AUGMENT_TAG)
 
 
 def _augmented(loss_fn, augmult: augment.Multiplicity | None):

@@ -120,7 +120,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     # ------------------------------------------------------------ the DP step (dpjax/train.py)
     M("noise_key_reused_across_steps", "step_key returns the base key: every step adds the same noise",
       "dpjax/train.py",
-      "  return threefry.fold_in_any(state.noise_key, state.step)\n",
+      "  return jax.random.fold_in(state.noise_key, state.step)\n",
       "  return state.noise_key\n",
       ("tests/test_train.py::test_noise_of_successive_steps_is_fresh",)),
     M("normalised_by_realised_batch", "noisy sum divided by the realised (private) batch size",
