@@ -5,6 +5,11 @@ import os
 import pathlib
 import re
 
+# Under pytest-xdist each worker runs XLA on one thread: two workers on two cores, each with a
+# two-thread pool, spent the tests' tiny kernels waking threads the other worker was using.
+# A run without -n (or an XLA_FLAGS of the user's) keeps XLA's default.
+if os.environ.get("PYTEST_XDIST_WORKER") and "XLA_FLAGS" not in os.environ:
+  os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 os.environ.setdefault("XLA_FLAGS", "")
 
 import pytest
