@@ -67,21 +67,6 @@ class DPConfig:
     return noise.mechanism_for_norm(self.clipping.norm)
 
 
-def clipped_grad_sum(loss_fn, params, batch, mask, config: clipping.ClippingConfig,
-                     mesh: Mesh | None = None, *args):
-  """`clipping.clipped_grad_sum`, with the examples split over `mesh` when one is given."""
-  if mesh is None:
-    return clipping.clipped_grad_sum(loss_fn, params, batch, mask, config, *args)
-
-  def local(params, batch, mask):
-    summed = clipping.clipped_grad_sum(loss_fn, parallel.device_local(params), batch, mask,
-                                       config, *args)
-    return jax.lax.psum(summed, parallel.BATCH_AXIS)
-  spec = PartitionSpec(parallel.BATCH_AXIS)
-  return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), spec, spec),
-                       out_specs=PartitionSpec())(params, batch, mask)
-
-
 def dp_gradient(loss_fn, params, batch, mask, key, config: DPConfig, mesh: Mesh | None = None):
   """The privatised mean gradient of one step (float32), and its `ClipMetrics`.
 
@@ -92,7 +77,7 @@ def dp_gradient(loss_fn, params, batch, mask, key, config: DPConfig, mesh: Mesh 
   """
   sensitivity = config.clipping.sensitivity if config.noise_multiplier else 0.0
   if mesh is None:
-    summed, metrics = clipped_grad_sum(loss_fn, params, batch, mask, config.clipping)
+    summed, metrics = clipping.clipped_grad_sum(loss_fn, params, batch, mask, config.clipping)
     grad = noise.privatize_sum(
         key, summed, noise_multiplier=config.noise_multiplier, sensitivity=sensitivity,
         expected_batch_size=config.expected_batch_size, mechanism=config.mechanism)
