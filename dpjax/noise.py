@@ -37,8 +37,17 @@ def mechanism_for_norm(norm: str) -> str:
 # loop on CPU): inside a small model's step its small kernels cost less than the unrolled
 # generator's one fused kernel, which XLA CPU splits over threads (linear row, 2,000 coordinates:
 # +0.06 against +0.14 ms over the step without noise, interleaved in one process; session 6).
-# Above it the unrolled generator wins by far (15M normals: 72 against 208 ms).
+# Above it the unrolled generator wins by far (15M normals: 62 against 198 ms, noise_draw.py).
 UNROLLED_MIN_SIZE = 2 ** 16
+
+
+def _samplers(mechanism: str):
+  """(the `jax.random` sampler, the unrolled `dpjax.threefry` sampler) of the mechanism."""
+  if mechanism not in MECHANISMS:
+    raise ValueError(f"mechanism={mechanism!r}: expected one of {MECHANISMS}.")
+  if mechanism == "gaussian":
+    return jax.random.normal, threefry.normal
+  return jax.random.laplace, threefry.laplace
 
 
 def _unrolled_key(key: jax.Array, leaves) -> jax.Array | None:
@@ -59,17 +68,14 @@ def tree_noise(key: jax.Array, tree: PyTree, mechanism: str) -> PyTree:
   The step's noise is one vector over all coordinates in tree-flatten order; each leaf draws its
   own stretch of it in its own shape (one fused kernel per leaf, no cutting of a flat draw).
   """
-  if mechanism not in MECHANISMS:
-    raise ValueError(f"mechanism={mechanism!r}: expected one of {MECHANISMS}.")
+  jax_sample, sample = _samplers(mechanism)
   leaves, treedef = jax.tree.flatten(tree)
   raw = _unrolled_key(key, leaves)
   if raw is None:  # a small tree or another JAX PRNG: one draw from jax.random, cut into leaves
-    sample = jax.random.normal if mechanism == "gaussian" else jax.random.laplace
     sizes = [leaf.size for leaf in leaves]
-    flat = sample(key, (sum(sizes),), jnp.float32)
+    flat = jax_sample(key, (sum(sizes),), jnp.float32)
     pieces = jnp.split(flat, np.cumsum(sizes)[:-1]) if leaves else []
     return jax.tree.unflatten(treedef, [p.reshape(l.shape) for p, l in zip(pieces, leaves)])
-  sample = threefry.normal if mechanism == "gaussian" else threefry.laplace
   noise = [sample(raw, leaf.size, offset).reshape(leaf.shape)
            for leaf, offset in zip(leaves, _leaf_offsets(leaves))]
   return jax.tree.unflatten(treedef, noise)
@@ -83,8 +89,7 @@ def add_noise_share(key: jax.Array, clipped_sum: PyTree, *, scale: float, mechan
   partial sum; once the partial sums are added across devices every coordinate carries exactly
   the noise `tree_noise` draws on one device, added once. Each device draws 1/shares of it.
   """
-  if mechanism not in MECHANISMS:
-    raise ValueError(f"mechanism={mechanism!r}: expected one of {MECHANISMS}.")
+  _, sample = _samplers(mechanism)
   leaves, treedef = jax.tree.flatten(clipped_sum)
   leaves = [leaf.astype(jnp.float32) for leaf in leaves]
   raw = _unrolled_key(key, leaves)
@@ -93,7 +98,6 @@ def add_noise_share(key: jax.Array, clipped_sum: PyTree, *, scale: float, mechan
     first = jnp.asarray(share) == 0
     return jax.tree.unflatten(treedef, [s + jnp.where(first, scale * z, 0.0)
                                         for s, z in zip(leaves, full)])
-  sample = threefry.normal if mechanism == "gaussian" else threefry.laplace
   out = []
   for leaf, offset in zip(leaves, _leaf_offsets(leaves)):
     size = leaf.size

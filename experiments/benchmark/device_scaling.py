@@ -12,13 +12,10 @@ wall time): a step already using every core on one device cannot gain from a sec
 
 from __future__ import annotations
 
-import time
-
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from dpjax import clipping
@@ -27,10 +24,12 @@ from dpjax import parallel
 from dpjax import randomness
 from dpjax import train
 from experiments.benchmark import benchmark
+from experiments.benchmark import overhead
 
 
 def build(workload: str, batch_size: int, method: str) -> dict:
-  """{name: [compiled step, [state, batch, mask]]} on every local device."""
+  """{name: (compiled step, [state, batch, mask], True)} on every local device, in the form
+  `overhead.measure` times."""
   _, params, loss_fn, batch, mask = benchmark.make_workload(workload, batch_size, 0)
   mesh = parallel.data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
   if mesh is not None:
@@ -50,26 +49,8 @@ def build(workload: str, batch_size: int, method: str) -> dict:
                              randomness.SECURE.key("benchmark", "device_scaling"))
     if mesh is not None:
       state = parallel.replicate(state, mesh)
-    out[name] = [step.lower(state, batch, mask).compile(), [state, batch, mask]]
+    out[name] = (step.lower(state, batch, mask).compile(), [state, batch, mask], True)
   return out
-
-
-def measure(variants: dict, rounds: int, calls: int) -> dict:
-  """{name: {median_ms, min_ms, cores, over_nonprivate}}, rounds interleaved."""
-  wall = {name: [] for name in variants}
-  cpu = {name: 0.0 for name in variants}
-  for _ in range(rounds):
-    for name, (compiled, args) in variants.items():
-      for _ in range(calls):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        args[0], metrics = compiled(*args)
-        jax.block_until_ready((args[0], metrics))
-        wall[name].append(time.perf_counter() - start)
-        cpu[name] += time.process_time() - start_cpu
-  base = float(np.median(wall["nonprivate"]))
-  return {name: {"median_ms": 1e3 * float(np.median(t)), "min_ms": 1e3 * float(np.min(t)),
-                 "cores": cpu[name] / sum(t), "over_nonprivate": float(np.median(t)) / base}
-          for name, t in wall.items()}
 
 
 def format_table(results: dict, device_count: int) -> str:
@@ -95,7 +76,7 @@ def main(argv):
   f = flags.FLAGS
   count = devices.use_cpu_devices(f.devices)  # before any JAX computation
   before = benchmark.cpu_pressure()
-  results = measure(build(f.workload, f.batch_size, f.method), f.rounds, f.calls)
+  results = overhead.measure(build(f.workload, f.batch_size, f.method), f.rounds, f.calls)
   print(f"workload={f.workload} batch={f.batch_size} method={f.method} devices={count}")
   print(f"cpu pressure before: {before}")
   print(format_table(results, count))

@@ -73,21 +73,24 @@ def build(workload: str, batch_size: int, method: str = "ghost", clip_norm: floa
 
 
 def measure(variants: dict, rounds: int, calls: int) -> dict:
-  """{name: {median_ms, min_ms, over_nonprivate, fusions}}, rounds interleaved."""
+  """{name: {median_ms, min_ms, cores, over_nonprivate, fusions}}, rounds interleaved; cores is
+  the process CPU time over the wall time of the variant's calls (how many cores it kept busy)."""
   times = {name: [] for name in variants}
+  cpu = {name: 0.0 for name in variants}
   for _ in range(rounds):
     for name, (compiled, args, is_step) in variants.items():
       for _ in range(calls):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         if is_step:
           args[0], metrics = compiled(*args)
           jax.block_until_ready((args[0], metrics))
         else:
           jax.block_until_ready(compiled(*args))
         times[name].append(time.perf_counter() - start)
+        cpu[name] += time.process_time() - start_cpu
   base = float(np.median(times["nonprivate"]))
   return {name: {"median_ms": 1e3 * float(np.median(t)), "min_ms": 1e3 * float(np.min(t)),
-                 "over_nonprivate": float(np.median(t)) / base,
+                 "cores": cpu[name] / sum(t), "over_nonprivate": float(np.median(t)) / base,
                  "fusions": variants[name][0].as_text().count(" fusion(")}
           for name, t in times.items()}
 
